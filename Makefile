@@ -1,0 +1,36 @@
+# dip-bench. `make setup` once, then `make bench`; `make test` runs the tests, `make check` the CI regression check.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch build: with an NVIDIA driver (nvidia-smi on PATH) the newest CUDA wheel; without one the pinned
+# 2.13.0 (a CPU wheel where one is on a local wheelhouse, as on CI). Override: make setup TORCH="torch==X".
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+TOLERANCE ?= 0.5
+
+.PHONY: setup test bench check baseline speed clean-runs
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@$(PY) -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
+
+test:
+	$(PY) -m pytest
+
+# paper profile on a CUDA machine, quick profile on CPU; writes reports/<profile>.md
+bench:
+	$(PY) -m bench run --publish
+
+# CI's regression check: the smoke profile against the committed baseline
+check:
+	$(PY) -m bench run --profile smoke --no-progress
+	$(PY) -m bench check --profile smoke --baseline reports/baselines/smoke.json --tolerance $(TOLERANCE)
+
+# re-record the smoke baseline (commit the result with the reason in the message)
+baseline:
+	$(PY) -m bench run --profile smoke --no-progress
+	$(PY) -m bench baseline --profile smoke --out reports/baselines/smoke.json
+
+clean-runs:
+	rm -rf runs

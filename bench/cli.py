@@ -1,0 +1,177 @@
+"""Command line: ``python -m bench {run,report,check,baseline,estimate}``.
+
+User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
+exit with status 2; failed regression checks exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from bench.check import compare, load_baseline, make_baseline
+from bench.config import PROFILES, add_config_flags, build_config
+from bench.data import REPO_ROOT, data_dir
+from bench.errors import BenchError
+from bench.records import load_records, write_json_atomic
+from bench.report import render, write_report
+from bench.runner import estimate_seconds, run
+
+RUNS_DIR = REPO_ROOT / "runs"
+REPORTS_DIR = REPO_ROOT / "reports"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line rather than the usage block plus a line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run_p = commands.add_parser("run", help="train every (image, seed) cell of a profile and write records")
+    run_p.add_argument("--profile", choices=PROFILES, help="default: paper with CUDA, quick without")
+    _add_results_dir(run_p)
+    run_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
+    run_p.add_argument("--publish", action="store_true", help="also write reports/<profile>.md and its records")
+    run_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_flags(run_p)
+
+    report_p = commands.add_parser("report", help="markdown table from stored records")
+    _add_results_selection(report_p)
+    report_p.add_argument("--out", type=Path, help="default reports/<profile>.md, records beside it")
+
+    check_p = commands.add_parser("check", help="compare a run with a baseline; exit 1 outside tolerance")
+    _add_results_selection(check_p)
+    check_p.add_argument("--baseline", type=Path, required=True)
+    check_p.add_argument("--tolerance", type=float, required=True, metavar="DB")
+
+    base_p = commands.add_parser("baseline", help="write a baseline file from a run's records")
+    _add_results_selection(base_p)
+    base_p.add_argument("--out", type=Path, required=True)
+
+    est_p = commands.add_parser("estimate", help="measure a few iterations and estimate a profile's run time")
+    est_p.add_argument("--profile", choices=PROFILES, required=True)
+    add_config_flags(est_p)
+    return parser
+
+
+def _add_results_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results-dir", type=Path, help="where records go (default runs/<profile>)")
+
+
+def _add_results_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="read runs/<profile>")
+    _add_results_dir(parser)
+
+
+def results_dir_of(args: argparse.Namespace) -> Path:
+    if args.results_dir is not None:
+        return args.results_dir
+    if args.profile is None:
+        raise BenchError("say which run: --profile NAME or --results-dir DIR")
+    return RUNS_DIR / args.profile
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if "." in k}
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def choose_profile(args: argparse.Namespace) -> str:
+    """--profile, else paper on a CUDA machine and quick (saying so, with the paper's cost) on CPU."""
+    if args.profile:
+        return args.profile
+    if torch.cuda.is_available():
+        return "paper"
+    paper = build_config("paper", config_overrides(args))
+    seconds = estimate_seconds(paper)
+    print(
+        f"No CUDA device: running the 'quick' profile (not comparable to Table 1); the paper profile, "
+        f"'python -m bench run --profile paper', would take about {human_duration(seconds)} on this machine "
+        f"(measured here: {len(paper.images)} images x {paper.recipe.iterations} iterations).",
+        flush=True,
+    )
+    return "quick"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profile = choose_profile(args)
+    config = build_config(profile, config_overrides(args))
+    results_dir = args.results_dir or RUNS_DIR / profile
+    records = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
+    report_path = write_report(records, results_dir / "report.md")
+    if args.publish:
+        report_path = write_report(records, REPORTS_DIR / f"{profile}.md", REPORTS_DIR / profile / "records")
+    print(render(records))
+    print(f"Report written to {report_path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    results_dir = results_dir_of(args)
+    records = load_records(results_dir)
+    if args.out is None:
+        name = args.profile or records[0]["config"]["profile"]
+        out, snapshot = REPORTS_DIR / f"{name}.md", REPORTS_DIR / name / "records"
+    else:
+        out, snapshot = args.out, args.out.with_suffix("") / "records"
+    if snapshot.resolve() == results_dir.resolve():
+        snapshot = None  # the records already sit there
+    write_report(records, out, snapshot)
+    print(render(records))
+    print(f"Report written to {out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    records = load_records(results_dir_of(args))
+    failures = compare(records, load_baseline(args.baseline), args.tolerance)
+    for line in failures:
+        print(f"FAIL {line}")
+    if failures:
+        return 1
+    print(f"OK: {len(records)} records within ±{args.tolerance:g} dB of {args.baseline}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    records = load_records(results_dir_of(args))
+    write_json_atomic(args.out, make_baseline(records))
+    print(f"Baseline of {len(records)} records written to {args.out}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    config = build_config(args.profile, config_overrides(args))
+    seconds = estimate_seconds(config)
+    print(f"profile {args.profile}: about {human_duration(seconds)} on this machine ({seconds:.0f} s)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "baseline": cmd_baseline, "estimate": cmd_estimate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete records are kept; run the same command again to continue", file=sys.stderr)
+        return 130

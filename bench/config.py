@@ -1,0 +1,187 @@
+"""Run configuration: typed dataclasses, the three profiles, command-line overrides, auto resolution.
+
+A run is images x seeds cells. Each field of :class:`RunConfig`, of the recipe
+(:class:`dip.restore.RestoreConfig`) and of the network (:class:`dip.skipnet.SkipNetConfig`) is a
+command-line flag (``--iterations``, ``--crop``, ``--upsample-mode``, ...); the profile supplies the
+defaults and a flag overrides one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.data import load_images
+from bench.errors import BenchError
+from dip.restore import PRECISIONS, RestoreConfig
+from dip.skipnet import SkipNetConfig
+
+ALL_IMAGES = tuple(load_images())
+MASKS = ("bernoulli", "paper")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    profile: str
+    images: tuple[str, ...] = ALL_IMAGES
+    seeds: tuple[int, ...] = (0,)
+    crop: int = 0  # side of a centred square crop; 0 = the full image (as in Table 1)
+    mask: str = "bernoulli"  # "bernoulli": seeded from (seed, image); "paper": the published mask
+    keep: float = 0.5  # keep-probability of the bernoulli mask
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
+    precision: str = "auto"  # "auto" picks the fast path the device has; or fp32 | bf16 | fp16
+    channels_last: bool | None = None  # None: on whenever autocast is on
+    recipe: RestoreConfig = field(default_factory=RestoreConfig)
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            raise ValueError("no images selected")
+        if not self.seeds:
+            raise ValueError("no seeds selected")
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be >= 0, got {self.seeds}")
+        if self.crop < 0:
+            raise ValueError(f"crop must be >= 0, got {self.crop}")
+        if self.mask not in MASKS:
+            raise ValueError(f"unknown mask {self.mask!r}; choose from {', '.join(MASKS)}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from auto, {', '.join(PRECISIONS)}")
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+
+
+PROFILES: dict[str, RunConfig] = {
+    # The paper's protocol: 11 full-size images, 11000 iterations, backtracking. A GPU job.
+    "paper": RunConfig(profile="paper"),
+    # All 11 images, 128x128 centre crops, 600 iterations: about 11 minutes on a 2-core AMX CPU.
+    "quick": RunConfig(profile="quick", crop=128, recipe=RestoreConfig(iterations=600)),
+    # CI's regression run: 3 images, 64x64 crops, 200 iterations: well under a minute on CPU.
+    "smoke": RunConfig(
+        profile="smoke",
+        images=("house", "cman", "peppers"),
+        crop=64,
+        recipe=RestoreConfig(iterations=200, eval_every=25, timer_window=25),
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command-line flags generated from the dataclasses
+
+# Fields that are not flags: the profile is chosen with --profile, out_channels follows the image,
+# and the recipe's precision/channels_last are resolved from RunConfig's fields of the same name.
+_NOT_FLAGS = {
+    RunConfig: {"profile", "recipe"},
+    RestoreConfig: {"net", "precision", "channels_last"},
+    SkipNetConfig: {"out_channels"},
+}
+_SECTIONS = (("run", RunConfig), ("recipe", RestoreConfig), ("net", SkipNetConfig))
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """'3' -> (3,); '0-4' -> (0, 1, 2, 3, 4); '0,2,5-6' -> (0, 2, 5, 6)."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            values.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers or ranges like 0-4, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"empty list {text!r}")
+    return tuple(dict.fromkeys(values))
+
+
+def parse_name_list(text: str) -> tuple[str, ...]:
+    """'house,cman' -> ('house', 'cman'); 'all' -> every image of Table 1."""
+    if text.strip().lower() == "all":
+        return ALL_IMAGES
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"empty list {text!r}")
+    return names
+
+
+def _parser_for(hint: typing.Any) -> dict:
+    """argparse keyword arguments for a field's type hint."""
+    if hint is bool or hint == (bool | None):
+        return {"action": argparse.BooleanOptionalAction}
+    if hint == tuple[int, ...]:
+        return {"type": parse_int_list, "metavar": "LIST"}
+    if hint == tuple[str, ...]:
+        return {"type": parse_name_list, "metavar": "LIST"}
+    if hint in (int, float, str):
+        return {"type": hint, "metavar": hint.__name__.upper()}
+    raise TypeError(f"no command-line parser for {hint!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per configurable field; only flags given on the command line override the profile."""
+    for section, cls in _SECTIONS:
+        group = parser.add_argument_group(f"{section} fields (override the profile)")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _NOT_FLAGS[cls]:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            group.add_argument(flag, dest=f"{section}.{f.name}", default=argparse.SUPPRESS, **_parser_for(hints[f.name]))
+
+
+def build_config(profile: str, overrides: dict[str, typing.Any]) -> RunConfig:
+    """The profile with ``overrides`` ({"run.crop": 64, "recipe.iterations": 20, ...}) applied."""
+    if profile not in PROFILES:
+        raise BenchError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    base = PROFILES[profile]
+    by_section: dict[str, dict] = {"run": {}, "recipe": {}, "net": {}}
+    for dest, value in overrides.items():
+        section, name = dest.split(".", 1)
+        by_section[section][name] = value
+    try:
+        net = dataclasses.replace(base.recipe.net, **by_section["net"])
+        recipe = dataclasses.replace(base.recipe, net=net, **by_section["recipe"])
+        return dataclasses.replace(base, recipe=recipe, **by_section["run"])
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution of "auto" fields for the machine at hand
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device {name!r} asked for, but this torch build sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512-BF16: bf16 convolutions run at several times the fp32 rate (REFERENCE.md 6)."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> RestoreConfig:
+    """The concrete recipe one (image, seed) cell trains with: no "auto" left."""
+    precision = resolve_precision(config.precision, device)
+    channels_last = precision != "fp32" if config.channels_last is None else config.channels_last
+    net = dataclasses.replace(config.recipe.net, out_channels=out_channels)
+    return dataclasses.replace(config.recipe, precision=precision, channels_last=channels_last, net=net)

@@ -1,0 +1,176 @@
+"""The 11 Table 1 images: manifest, data directory, download by pinned URL, sha256 checks, loading.
+
+The images are not redistributed: `datasets/files.tsv` pins each file's public URL and sha256, and a
+missing file is fetched with pooch into the data directory. Every load re-checks the hash, so a
+truncated or altered file is never used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bench.errors import BenchError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATASETS_DIR = REPO_ROOT / "datasets"
+DEFAULT_DATA_DIR = DATASETS_DIR / "cache"
+FILE_KINDS = ("GT", "masked", "deep_prior", "papyan")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    key: str  # short name used on the command line and in record file names
+    stem: str  # file stem of the published files
+    name: str  # display name in Table 1
+    width: int
+    height: int
+    papyan: float  # Table 1, Papyan et al. (dB)
+    dip_paper: float  # Table 1, Deep Image Prior (dB)
+    seed_repro: float  # Peschl et al.'s reproduction (dB)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    file: str
+    stem: str
+    kind: str
+    sha256: str
+    url: str
+
+
+def _read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def load_images() -> dict[str, ImageInfo]:
+    """The 11 images of Table 1, in the table's order, keyed by short name."""
+    infos = {}
+    for row in _read_tsv(DATASETS_DIR / "images.tsv"):
+        infos[row["key"]] = ImageInfo(
+            key=row["key"],
+            stem=row["stem"],
+            name=row["name"],
+            width=int(row["width"]),
+            height=int(row["height"]),
+            papyan=float(row["papyan"]),
+            dip_paper=float(row["dip_paper"]),
+            seed_repro=float(row["seed_repro"]),
+        )
+    return infos
+
+
+def load_files() -> dict[tuple[str, str], FileEntry]:
+    """File manifest keyed by (stem, kind)."""
+    return {(r["stem"], r["kind"]): FileEntry(**r) for r in _read_tsv(DATASETS_DIR / "files.tsv")}
+
+
+def resolve_image(name: str, images: dict[str, ImageInfo] | None = None) -> ImageInfo:
+    """Look an image up by key, file stem or display name, case-insensitively."""
+    images = images or load_images()
+    wanted = name.strip().lower()
+    for info in images.values():
+        if wanted in (info.key.lower(), info.stem.lower(), info.name.lower()):
+            return info
+    raise BenchError(f"unknown image {name!r}; known: {', '.join(images)}")
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """--data-dir, else $DIP_DATA_DIR, else the git-ignored datasets/cache (created on first download).
+
+    A directory named explicitly must exist: a typo should not silently start a download elsewhere.
+    """
+    chosen = explicit or os.environ.get("DIP_DATA_DIR")
+    if not chosen:
+        return DEFAULT_DATA_DIR
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        source = "--data-dir" if explicit else "DIP_DATA_DIR"
+        raise BenchError(f"data directory {path} ({source}) does not exist")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_url(entry: FileEntry) -> str:
+    """The pinned URL, or the same file name under $DIP_DATA_URL (a mirror) when that is set."""
+    mirror = os.environ.get("DIP_DATA_URL")
+    return f"{mirror.rstrip('/')}/{entry.file}" if mirror else entry.url
+
+
+def fetch(entry: FileEntry, directory: Path) -> Path:
+    """Path of a verified copy of ``entry`` in ``directory``, downloading it first if it is missing."""
+    path = directory / entry.file
+    if not path.exists():
+        _download(entry, directory)
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise BenchError(
+            f"{path}: sha256 {actual[:16]}... does not match the manifest's {entry.sha256[:16]}... "
+            f"(corrupt or not the pinned file); delete it to download it again"
+        )
+    return path
+
+
+def _download(entry: FileEntry, directory: Path) -> None:
+    import pooch  # imported here: only a missing file needs it
+
+    url = file_url(entry)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"{entry.file} is missing and the data directory {directory} cannot be created: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise BenchError(f"{entry.file} is missing from {directory}, which is not writable; set --data-dir")
+    try:
+        pooch.retrieve(url, known_hash=f"sha256:{entry.sha256}", fname=entry.file, path=directory, progressbar=False)
+    except ValueError as exc:  # pooch's hash mismatch: it has already deleted the download
+        if "hash" not in str(exc).lower():
+            raise
+        raise BenchError(f"download of {entry.file} from {url} does not match its pinned sha256; file rejected") from None
+    except Exception as exc:  # network errors come as requests/OSError subclasses
+        raise BenchError(f"cannot download {entry.file} from {url}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """An 8-bit grayscale image as float32 (H, W) in [0, 1]."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "L":
+                raise BenchError(f"{path}: expected an 8-bit grayscale (mode L) image, got mode {image.mode}")
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BenchError(f"{path}: not a readable image ({type(exc).__name__})") from None
+
+
+def load_image(info: ImageInfo, kind: str, directory: Path) -> np.ndarray:
+    """A verified image of the given kind ("GT", "masked", "deep_prior", "papyan") as float32 (H, W)."""
+    entry = load_files()[(info.stem, kind)]
+    array = read_gray(fetch(entry, directory))
+    if array.shape != (info.height, info.width):
+        raise BenchError(f"{entry.file}: size {array.shape[1]}x{array.shape[0]}, manifest says {info.width}x{info.height}")
+    return array
+
+
+def centre_crop(array: np.ndarray, size: int) -> np.ndarray:
+    """The centred size x size window (offsets rounded down); size 0 means the whole image."""
+    if size == 0:
+        return array
+    height, width = array.shape[:2]
+    if size > min(height, width):
+        raise BenchError(f"crop {size} is larger than the image ({width}x{height})")
+    top, left = (height - size) // 2, (width - size) // 2
+    return array[top : top + size, left : left + size]

@@ -1,0 +1,61 @@
+"""One JSON record per (image, seed) cell, written atomically so that none is ever half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bench.errors import BenchError
+
+SCHEMA = 1
+COMPLETE = "complete"
+
+
+def record_path(results_dir: Path, image: str, seed: int) -> Path:
+    return results_dir / f"{image}_seed{seed}.json"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A reader (or a crash at any moment) sees the old file or the new one, never a partial one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: dict | list) -> None:
+    """JSON, atomically; NaN and infinity are refused rather than written as invalid JSON."""
+    write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at ``path`` if it is a complete record of this schema, else None."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("status") != COMPLETE:
+        return None
+    return record
+
+
+def load_records(results_dir: Path) -> list[dict]:
+    """Every complete record in ``results_dir``, in file-name order."""
+    if not results_dir.is_dir():
+        raise BenchError(f"results directory {results_dir} does not exist")
+    records = [r for p in sorted(results_dir.glob("*_seed*.json")) if (r := read_record(p)) is not None]
+    if not records:
+        raise BenchError(f"no complete records in {results_dir}")
+    return records

@@ -1,0 +1,163 @@
+"""Markdown comparison with Table 1, built from stored records only (never from a live run)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data import load_images
+from bench.errors import BenchError
+from bench.records import record_path, write_json_atomic, write_text_atomic
+
+PER_CELL_KEYS = ("image", "seed")
+
+
+def shared_config(records: list[dict]) -> dict:
+    """The configuration all records share (image and seed aside); raises if they were run differently."""
+    configs = [{k: v for k, v in r["config"].items() if k not in PER_CELL_KEYS} for r in records]
+    for record, config in zip(records, configs):
+        if config != configs[0]:
+            differing = sorted(k for k in config.keys() | configs[0].keys() if config.get(k) != configs[0].get(k))
+            raise BenchError(
+                f"records were run with different configurations ({records[0]['image']} vs "
+                f"{record['image']} differ in {', '.join(differing)}); report one configuration at a time"
+            )
+    return configs[0]
+
+
+def summarise(records: list[dict]) -> pd.DataFrame:
+    """One row per image in Table 1's order: reference columns and this run's statistics over seeds."""
+    frame = pd.DataFrame(records)
+    rows = []
+    for key, info in load_images().items():
+        mine = frame[frame["image"] == key]
+        if mine.empty:
+            continue
+        values = mine["psnr"].to_numpy()
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        rows.append(
+            {
+                "image": info.name,
+                "size": _size(mine.iloc[0]),
+                "papyan": info.papyan,
+                "dip_paper": info.dip_paper,
+                "seed_repro": info.seed_repro,
+                "psnr_mean": float(values.mean()),
+                "psnr_std": std,
+                "n": len(values),
+                "delta": float(values.mean()) - info.dip_paper,
+                "psnr_pasted": float(mine["psnr_pasted"].mean()),
+                "ms_per_iter": float(np.median([t["median_ms_per_iter"] for t in mine["timing"]])),
+                "backtracks": int(mine["backtracks"].sum()),
+                "device": mine.iloc[0]["provenance"]["device_name"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _size(record: pd.Series) -> str:
+    h, w = record["size"]
+    full_h, full_w = record["full_size"]
+    return f"{w}x{h}" if (h, w) == (full_h, full_w) else f"{w}x{h} crop of {full_w}x{full_h}"
+
+
+def _psnr_cell(mean: float, std: float) -> str:
+    return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    table = pd.DataFrame(
+        {
+            "Image": summary["image"],
+            "Size": summary["size"],
+            "Papyan et al.": summary["papyan"].map("{:.2f}".format),
+            "DIP (Table 1)": summary["dip_paper"].map("{:.2f}".format),
+            "Seed repro.": summary["seed_repro"].map("{:.2f}".format),
+            "This run": [_psnr_cell(m, s) for m, s in zip(summary["psnr_mean"], summary["psnr_std"])],
+            "n": summary["n"].astype(str),
+            "Δ vs Table 1": summary["delta"].map("{:+.2f}".format),
+            "Paste-back": summary["psnr_pasted"].map("{:.2f}".format),
+            "ms/iter": summary["ms_per_iter"].map("{:.1f}".format),
+            "Backtracks": summary["backtracks"].astype(str),
+            "Device": summary["device"],
+        }
+    )
+    mean_row = {
+        "Image": "**Mean**",
+        "Size": "",
+        "Papyan et al.": f"{summary['papyan'].mean():.2f}",
+        "DIP (Table 1)": f"{summary['dip_paper'].mean():.2f}",
+        "Seed repro.": f"{summary['seed_repro'].mean():.2f}",
+        "This run": f"{summary['psnr_mean'].mean():.2f}",
+        "n": str(int(summary["n"].sum())),
+        "Δ vs Table 1": f"{summary['delta'].mean():+.2f}",
+        "Paste-back": f"{summary['psnr_pasted'].mean():.2f}",
+        "ms/iter": "",
+        "Backtracks": str(int(summary["backtracks"].sum())),
+        "Device": "",
+    }
+    table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
+    return table.to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * 9 + ["left"])
+
+
+def header(records: list[dict], config: dict) -> str:
+    recipe = config["recipe"]
+    prov = records[0]["provenance"]
+    commits = sorted({(r["provenance"]["commit"] or "unknown")[:12] + ("-dirty" if r["provenance"]["dirty"] else "") for r in records})
+    dates = sorted(r["provenance"]["timestamp"] for r in records)
+    mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
+    lines = [
+        f"# dip-bench: profile `{config['profile']}`",
+        "",
+        f"- Iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
+        f"{'on' if recipe['backtracking'] else 'off'}; mask {mask}",
+        f"- Precision: {recipe['precision']}, channels_last {recipe['channels_last']}",
+        f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
+        f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
+        f"- Images: {len({r['image'] for r in records})}, seeds per image: {', '.join(str(n) for n in sorted({sum(1 for q in records if q['image'] == r['image']) for r in records}))}",
+    ]
+    full = recipe["iterations"] == 11000 and config["crop"] == 0
+    if not full:
+        lines += [
+            "",
+            f"> **Not comparable to Table 1.** This run uses "
+            f"{'centre crops of ' + str(config['crop']) + ' px' if config['crop'] else 'full images'} and "
+            f"{recipe['iterations']} iterations instead of the paper's full images and 11000 iterations; "
+            f"the Table 1 columns are shown for orientation only, and Δ is not a reproduction gap.",
+        ]
+    return "\n".join(lines)
+
+
+LEGEND = """\
+Columns: *Papyan et al.*, *DIP (Table 1)*: the paper's Table 1 (dB). *Seed repro.*: the independent
+reproduction by Peschl et al. *This run*: PSNR of the raw network output against the ground truth
+(full image, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds.
+*Δ*: this run's mean minus Table 1's DIP value. *Paste-back*: PSNR after the observed pixels are
+copied into the output. *ms/iter*: median time of one training iteration (warm-up excluded).
+*Backtracks*: times the parameters were restored after a >5 dB drop, summed over seeds."""
+
+
+def render(records: list[dict]) -> str:
+    config = shared_config(records)
+    summary = summarise(records)
+    return "\n\n".join([header(records, config), markdown_table(summary), LEGEND]) + "\n"
+
+
+def write_report(records: list[dict], out: Path, records_dir: Path | None = None) -> Path:
+    """Write the markdown report, and a snapshot of the records it was built from into ``records_dir``."""
+    text = render(records)
+    if records_dir is not None:
+        snapshot_records(records, records_dir)
+    write_text_atomic(out, text)
+    return out
+
+
+def snapshot_records(records: list[dict], records_dir: Path) -> None:
+    """Copy the records beside the report, replacing any earlier snapshot, so every number has its source."""
+    if records_dir.exists():
+        shutil.rmtree(records_dir)
+    for record in records:
+        write_json_atomic(record_path(records_dir, record["image"], record["seed"]), record)

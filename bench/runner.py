@@ -1,0 +1,200 @@
+"""The harness loop: images x seeds, one restoration each, one JSON record each.
+
+Everything that can fail on bad input (unknown image, missing or corrupt file, size the network
+cannot take, unusable results directory) is checked for every cell before the first one trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.config import RunConfig, cell_recipe, resolve_device
+from bench.data import ImageInfo, centre_crop, load_image, resolve_image
+from bench.errors import BenchError
+from bench.provenance import provenance
+from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_json_atomic
+from dip.masks import bernoulli_mask, mask_digest, paper_mask
+from dip.metrics import psnr, psnr_pasted
+from dip.restore import DivergenceError, RestoreConfig, restore
+from dip.seeding import derived_seed
+from dip.skipnet import SkipNet, SkipNetConfig, check_input_size
+from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (image, seed) unit of work, with its data loaded and checked."""
+
+    info: ImageInfo
+    seed: int
+    image: np.ndarray  # (h, w) float32 ground truth, cropped
+    mask: np.ndarray  # (h, w) float32, 1 = kept
+    config: dict  # the fully resolved configuration this cell trains with (JSON-ready)
+    recipe: RestoreConfig
+    path: Path
+
+
+def make_mask(config: RunConfig, info: ImageInfo, seed: int, data_dir: Path) -> np.ndarray:
+    """Full-size mask; crops take the same window of it, so a crop's mask is the full mask's."""
+    if config.mask == "paper":
+        return paper_mask(load_image(info, "masked", data_dir))
+    return bernoulli_mask((info.height, info.width), config.keep, seed=seed, name=info.key)
+
+
+def cell_config(config: RunConfig, info: ImageInfo, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
+    fields = {"profile": config.profile, "image": info.key, "seed": seed, "crop": config.crop, "mask": config.mask}
+    if config.mask == "bernoulli":
+        fields["keep"] = config.keep
+    fields |= {"device": str(device), "recipe": recipe.to_dict()}
+    return json.loads(json.dumps(fields))  # tuples -> lists, as a stored record has them
+
+
+def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: torch.device) -> list[Cell]:
+    """Load, verify and check every cell up front; raises BenchError on the first problem."""
+    infos = [resolve_image(name) for name in config.images]
+    cells = []
+    for info in infos:
+        ground_truth = load_image(info, "GT", data_dir)
+        image = centre_crop(ground_truth, config.crop)
+        recipe = cell_recipe(config, device, out_channels=1)
+        try:
+            check_input_size(*image.shape, recipe.net)
+        except ValueError as exc:
+            raise BenchError(f"{info.key}: {exc}") from None
+        for seed in config.seeds:
+            mask = centre_crop(make_mask(config, info, seed, data_dir), config.crop)
+            cfg = cell_config(config, info, seed, device, recipe)
+            cells.append(Cell(info, seed, image, mask, cfg, recipe, record_path(results_dir, info.key, seed)))
+    return cells
+
+
+def check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create results directory {results_dir}: {exc.strerror}") from None
+    if not os.access(results_dir, os.W_OK | os.X_OK):
+        raise BenchError(f"results directory {results_dir} is not writable")
+
+
+def is_done(cell: Cell) -> bool:
+    """A complete record with exactly this configuration exists (a changed flag means re-run)."""
+    record = read_record(cell.path)
+    return record is not None and record.get("config") == cell.config
+
+
+@lru_cache(maxsize=None)
+def gflop_per_iteration(net: SkipNetConfig, height: int, width: int) -> float:
+    return count_flops(lambda: SkipNet(net), (1, net.in_channels, height, width)) / 1e9
+
+
+def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> dict:
+    """Train one cell and return its record (not yet written)."""
+    reset_peak_memory(device)
+    result = restore(
+        cell.image,
+        cell.mask,
+        cell.recipe,
+        seed=derived_seed(cell.seed, f"net/{cell.info.key}"),
+        device=device,
+        reference=cell.image,
+        callback=callback,
+    )
+    timing = result.timing
+    gflop = gflop_per_iteration(cell.recipe.net, *cell.image.shape)
+    memory, memory_kind = peak_memory_bytes(device)
+    height, width = cell.image.shape
+    return {
+        "schema": SCHEMA,
+        "status": COMPLETE,
+        "image": cell.info.key,
+        "name": cell.info.name,
+        "seed": cell.seed,
+        "size": [height, width],
+        "full_size": [cell.info.height, cell.info.width],
+        "psnr": psnr(cell.image, result.output),
+        "psnr_pasted": psnr_pasted(cell.image, result.output, cell.mask),
+        "psnr_masked_input": psnr(cell.image, cell.image * cell.mask),
+        "final_loss": result.final_loss,
+        "backtracks": result.backtracks,
+        "backtrack_iterations": result.backtrack_iterations,
+        "curve": [dataclasses.asdict(p) for p in result.curve],
+        "timing": timing.to_dict(),
+        "gflop_per_iter": gflop,
+        "gflops_achieved": gflop / (timing.median_ms_per_iter / 1e3),
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "mask_sha256": mask_digest(cell.mask),
+        "keep_fraction": float(cell.mask.mean()),
+        "config": cell.config,
+        "provenance": provenance(device),
+    }
+
+
+def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True) -> list[dict]:
+    """Run every cell of ``config`` that has no complete record yet; return all records of the run."""
+    device = resolve_device(config.device)
+    cells = plan_cells(config, data_dir, results_dir, device)
+    check_writable(results_dir)
+    todo = [c for c in cells if not is_done(c)]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        tqdm.write(f"{skipped} of {len(cells)} cells already have complete records in {results_dir}; skipping them")
+    iterations = cells[0].recipe.iterations
+    with tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
+        for cell in todo:
+            record = train_with_progress(cell, device, overall, progress)
+            write_json_atomic(cell.path, record)
+            tqdm.write(
+                f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
+                f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
+                f"{record['backtracks']} backtracks -> {cell.path}"
+            )
+    return [read_record(c.path) for c in cells]
+
+
+def train_with_progress(cell: Cell, device: torch.device, overall: tqdm, progress: bool) -> dict:
+    desc = f"{cell.info.name} seed {cell.seed}"
+    with tqdm(total=cell.recipe.iterations, desc=desc, unit="it", leave=False, disable=not progress or None) as bar:
+
+        def callback(i: int, point) -> None:
+            bar.update(1)
+            overall.update(1)
+            if point is not None:
+                bar.set_postfix(loss=f"{point.loss:.2e}", psnr=f"{point.psnr:.2f}", refresh=False)
+
+        try:
+            return run_cell(cell, device, callback)
+        except DivergenceError as exc:
+            raise BenchError(f"{cell.info.key} seed {cell.seed}: {exc}; no record written") from None
+
+
+def estimate_seconds(config: RunConfig, timed_iterations: int = 2) -> float:
+    """Time ``config`` on this machine: a few real iterations at each distinct image size, scaled up.
+
+    Estimated, not guessed: the per-iteration time is measured here (after one warm-up iteration)
+    with the profile's own recipe, then multiplied by the profile's iterations, images and seeds.
+    """
+    device = resolve_device(config.device)
+    recipe = cell_recipe(config, device, out_channels=1)
+    infos = [resolve_image(name) for name in config.images]
+    ms_per_size: dict[tuple[int, int], float] = {}
+    rng = np.random.default_rng(0)
+    for size in sorted({(i.height, i.width) for i in infos}):
+        shape = size if config.crop == 0 else (config.crop, config.crop)
+        probe = dataclasses.replace(recipe, iterations=timed_iterations + 1, timer_warmup=1)
+        image = rng.random(shape, dtype=np.float32)
+        result = restore(image, np.ones(shape, np.float32), probe, seed=0, device=device)
+        ms_per_size[size] = result.timing.median_ms_per_iter
+    per_seed_ms = sum(ms_per_size[(i.height, i.width)] for i in infos) * recipe.iterations
+    return per_seed_ms * len(config.seeds) / 1e3

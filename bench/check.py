@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BenchError
-from bench.report import shared_config
+from bench.report import config_diff, shared_config
 
 
 def per_image_psnr(records: list[dict]) -> dict[str, float]:
@@ -46,7 +46,7 @@ def compare(records: list[dict], baseline: dict, tolerance_db: float) -> list[st
         raise BenchError(f"tolerance must be >= 0 dB, got {tolerance_db}")
     config = shared_config(records)
     if config != baseline["config"]:
-        differing = sorted(k for k in config.keys() | baseline["config"].keys() if config.get(k) != baseline["config"].get(k))
+        differing = config_diff(baseline["config"], config)
         return [f"configuration differs from the baseline's in: {', '.join(differing)}"]
     ours = per_image_psnr(records)
     failures = []

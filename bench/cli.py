@@ -18,7 +18,7 @@ from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic
 from bench.report import render, write_report
-from bench.runner import estimate_seconds, run
+from bench.runner import estimate_seconds, measure_ms_per_iter, run
 
 RUNS_DIR = REPO_ROOT / "runs"
 REPORTS_DIR = REPO_ROOT / "reports"
@@ -98,7 +98,7 @@ def choose_profile(args: argparse.Namespace) -> str:
     if torch.cuda.is_available():
         return "paper"
     paper = build_config("paper", config_overrides(args))
-    seconds = estimate_seconds(paper)
+    seconds = estimate_seconds(paper, measure_ms_per_iter(paper))
     print(
         f"No CUDA device: running the 'quick' profile (not comparable to Table 1); the paper profile, "
         f"'python -m bench run --profile paper', would take about {human_duration(seconds)} on this machine "
@@ -157,8 +157,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     config = build_config(args.profile, config_overrides(args))
-    seconds = estimate_seconds(config)
-    print(f"profile {args.profile}: about {human_duration(seconds)} on this machine ({seconds:.0f} s)")
+    measured = measure_ms_per_iter(config)
+    seconds = estimate_seconds(config, measured)
+    sizes = ", ".join(f"{w}x{h}: {ms:.0f} ms/iter" for (h, w), ms in measured.items())
+    print(f"profile {args.profile}: about {human_duration(seconds)} on this machine ({seconds:.0f} s; measured {sizes})")
     return 0
 
 

@@ -11,6 +11,8 @@ from bench.errors import BenchError
 
 SCHEMA = 1
 COMPLETE = "complete"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def record_path(results_dir: Path, image: str, seed: int) -> Path:
@@ -29,6 +31,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

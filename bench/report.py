@@ -15,12 +15,24 @@ from bench.records import record_path, write_json_atomic, write_text_atomic
 PER_CELL_KEYS = ("image", "seed")
 
 
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two (nested) configurations differ."""
+    names = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            names += config_diff(x, y, f"{prefix}{key}.")
+        elif x != y:
+            names.append(prefix + key)
+    return names
+
+
 def shared_config(records: list[dict]) -> dict:
     """The configuration all records share (image and seed aside); raises if they were run differently."""
     configs = [{k: v for k, v in r["config"].items() if k not in PER_CELL_KEYS} for r in records]
     for record, config in zip(records, configs):
         if config != configs[0]:
-            differing = sorted(k for k in config.keys() | configs[0].keys() if config.get(k) != configs[0].get(k))
+            differing = config_diff(configs[0], config)
             raise BenchError(
                 f"records were run with different configurations ({records[0]['image']} vs "
                 f"{record['image']} differ in {', '.join(differing)}); report one configuration at a time"
@@ -108,6 +120,7 @@ def header(records: list[dict], config: dict) -> str:
     prov = records[0]["provenance"]
     commits = sorted({(r["provenance"]["commit"] or "unknown")[:12] + ("-dirty" if r["provenance"]["dirty"] else "") for r in records})
     dates = sorted(r["provenance"]["timestamp"] for r in records)
+    seeds_per_image = {key: sum(1 for r in records if r["image"] == key) for key in dict.fromkeys(r["image"] for r in records)}
     mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
     lines = [
         f"# dip-bench: profile `{config['profile']}`",
@@ -117,7 +130,7 @@ def header(records: list[dict], config: dict) -> str:
         f"- Precision: {recipe['precision']}, channels_last {recipe['channels_last']}",
         f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
         f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
-        f"- Images: {len({r['image'] for r in records})}, seeds per image: {', '.join(str(n) for n in sorted({sum(1 for q in records if q['image'] == r['image']) for r in records}))}",
+        f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
     full = recipe["iterations"] == 11000 and config["crop"] == 0
     if not full:
@@ -131,10 +144,15 @@ def header(records: list[dict], config: dict) -> str:
     return "\n".join(lines)
 
 
+def _span(counts) -> str:
+    lo, hi = min(counts), max(counts)
+    return str(lo) if lo == hi else f"{lo} to {hi}"
+
+
 LEGEND = """\
 Columns: *Papyan et al.*, *DIP (Table 1)*: the paper's Table 1 (dB). *Seed repro.*: the independent
 reproduction by Peschl et al. *This run*: PSNR of the raw network output against the ground truth
-(full image, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds.
+(whole image or crop, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds.
 *Δ*: this run's mean minus Table 1's DIP value. *Paste-back*: PSNR after the observed pixels are
 copied into the output. *ms/iter*: median time of one training iteration (warm-up excluded).
 *Backtracks*: times the parameters were restored after a >5 dB drop, summed over seeds."""

@@ -179,22 +179,28 @@ def train_with_progress(cell: Cell, device: torch.device, overall: tqdm, progres
             raise BenchError(f"{cell.info.key} seed {cell.seed}: {exc}; no record written") from None
 
 
-def estimate_seconds(config: RunConfig, timed_iterations: int = 2) -> float:
-    """Time ``config`` on this machine: a few real iterations at each distinct image size, scaled up.
+def measure_ms_per_iter(config: RunConfig, timed_iterations: int = 2) -> dict[tuple[int, int], float]:
+    """Median ms per iteration of ``config``'s recipe on this machine, per distinct (height, width).
 
-    Estimated, not guessed: the per-iteration time is measured here (after one warm-up iteration)
-    with the profile's own recipe, then multiplied by the profile's iterations, images and seeds.
+    A few real iterations of the profile's own recipe (after one warm-up) on a random image of each
+    size the run will train at.
     """
     device = resolve_device(config.device)
     recipe = cell_recipe(config, device, out_channels=1)
-    infos = [resolve_image(name) for name in config.images]
-    ms_per_size: dict[tuple[int, int], float] = {}
+    probe = dataclasses.replace(recipe, iterations=timed_iterations + 1, timer_warmup=1)
     rng = np.random.default_rng(0)
-    for size in sorted({(i.height, i.width) for i in infos}):
-        shape = size if config.crop == 0 else (config.crop, config.crop)
-        probe = dataclasses.replace(recipe, iterations=timed_iterations + 1, timer_warmup=1)
+    measured = {}
+    for shape in sorted({train_shape(config, resolve_image(name)) for name in config.images}):
         image = rng.random(shape, dtype=np.float32)
-        result = restore(image, np.ones(shape, np.float32), probe, seed=0, device=device)
-        ms_per_size[size] = result.timing.median_ms_per_iter
-    per_seed_ms = sum(ms_per_size[(i.height, i.width)] for i in infos) * recipe.iterations
-    return per_seed_ms * len(config.seeds) / 1e3
+        measured[shape] = restore(image, np.ones(shape, np.float32), probe, seed=0, device=device).timing.median_ms_per_iter
+    return measured
+
+
+def train_shape(config: RunConfig, info: ImageInfo) -> tuple[int, int]:
+    return (info.height, info.width) if config.crop == 0 else (config.crop, config.crop)
+
+
+def estimate_seconds(config: RunConfig, ms_per_iter: dict[tuple[int, int], float]) -> float:
+    """Run time of ``config`` from measured per-iteration times: images x seeds x iterations."""
+    per_seed_ms = sum(ms_per_iter[train_shape(config, resolve_image(n))] for n in config.images)
+    return per_seed_ms * config.recipe.iterations * len(config.seeds) / 1e3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio
 
@@ -16,6 +18,8 @@ def psnr(reference: np.ndarray, estimate: np.ndarray) -> float:
     estimate = np.asarray(estimate, dtype=np.float64)
     if reference.shape != estimate.shape:
         raise ValueError(f"shape mismatch: reference {reference.shape} vs estimate {estimate.shape}")
+    if np.array_equal(reference, estimate):
+        return math.inf  # skimage would divide by zero (and warn) to get the same answer
     return float(peak_signal_noise_ratio(reference, estimate, data_range=1.0))
 
 

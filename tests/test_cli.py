@@ -1,0 +1,86 @@
+"""The command line's answers to bad input: one line, non-zero exit, no traceback, no record."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import human_duration, main
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def results(tmp_path):
+    return tmp_path / "results"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--images", "parrot"], "unknown image 'parrot'"),
+        (["--iterations", "0"], "iterations must be positive"),
+        (["--crop", "80"], "must be multiples of 32"),
+        (["--crop", "1024"], "larger than the image"),
+        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
+        (["--mask", "nope"], "unknown mask"),
+    ],
+)
+def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data_dir, capsys):
+    code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(data_dir), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not results.exists() or not any(results.iterdir())
+
+
+def test_missing_data_dir(results, tmp_path, capsys):
+    code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(tmp_path / "none")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_corrupt_image_file_stops_before_training(results, tmp_path, data_dir, capsys):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    for name in ("house_GT.png", "Cameraman256_GT.png", "peppers256_GT.png"):
+        (bad / name).write_bytes((data_dir / name).read_bytes())
+    (bad / "peppers256_GT.png").write_bytes(b"\x89PNG garbage")
+    code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(bad)])
+    assert code == 2 and "peppers256_GT.png: sha256" in capsys.readouterr().err
+    assert not results.exists()  # checked for every cell before the first one trains
+
+
+def test_report_and_check_need_a_run(capsys):
+    assert main(["report"]) == 2
+    assert "--profile NAME or --results-dir" in capsys.readouterr().err
+
+
+def test_process_exit_code_and_no_traceback(results):
+    """For real, in a subprocess: what a user sees in a terminal."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--profile", "smoke", "--images", "house,nope", "--results-dir", str(results)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown image 'nope'; known: barbara, boat, house, lena, peppers, cman, couple, fingerprint, hill, man, montage"
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_subcommand_and_flag_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "smoke", "--iterations", "ten"])
+    assert exit_info.value.code == 2
+    assert "invalid int value: 'ten'" in capsys.readouterr().err
+
+
+def test_human_duration():
+    assert human_duration(42) == "42 s"
+    assert human_duration(660) == "11 min"
+    assert human_duration(3 * 3600) == "3.0 h"

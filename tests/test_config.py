@@ -1,0 +1,105 @@
+import argparse
+
+import pytest
+import torch
+
+from bench.cli import OneLineParser
+from bench.config import (
+    ALL_IMAGES,
+    PROFILES,
+    add_config_flags,
+    build_config,
+    cell_recipe,
+    parse_int_list,
+    resolve_precision,
+)
+from bench.errors import BenchError
+
+
+def parse(*argv: str) -> dict:
+    parser = OneLineParser(prog="t")
+    add_config_flags(parser)
+    return {k: v for k, v in vars(parser.parse_args(list(argv))).items()}
+
+
+def test_paper_profile_holds_the_papers_recipe():
+    paper = PROFILES["paper"]
+    assert paper.images == ALL_IMAGES and len(paper.images) == 11
+    assert paper.crop == 0 and paper.mask == "bernoulli" and paper.keep == 0.5
+    recipe = paper.recipe
+    assert (recipe.iterations, recipe.lr, recipe.input_scale, recipe.input_noise_std) == (11000, 1e-3, 0.1, 0.03)
+    assert recipe.backtracking and recipe.backtrack_every == 50 and recipe.backtrack_drop_db == 5.0
+    net = recipe.net
+    assert (net.in_channels, net.scales, net.channels_down, net.channels_up, net.channels_skip) == (32, 5, 128, 128, 4)
+    assert (net.upsample_mode, net.padding, net.negative_slope) == ("bilinear", "reflection", 0.2)
+
+
+def test_smoke_and_quick_profiles():
+    assert len(PROFILES["smoke"].images) == 3 and PROFILES["smoke"].recipe.iterations <= 300
+    assert len(PROFILES["quick"].images) == 11 and PROFILES["quick"].crop > 0
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("3", (3,)), ("0-4", (0, 1, 2, 3, 4)), ("0,2,5-6", (0, 2, 5, 6)), ("1,1,2", (1, 2))],
+)
+def test_parse_int_list(text, expected):
+    assert parse_int_list(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a", "1-", "x-3"])
+def test_parse_int_list_rejects_garbage(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_int_list(text)
+
+
+def test_flags_override_only_what_is_given():
+    overrides = parse("--iterations", "20", "--images", "house,cman", "--seeds", "0-2", "--no-backtracking", "--upsample-mode", "nearest")
+    config = build_config("paper", overrides)
+    assert config.images == ("house", "cman") and config.seeds == (0, 1, 2)
+    assert config.recipe.iterations == 20 and not config.recipe.backtracking
+    assert config.recipe.net.upsample_mode == "nearest"
+    assert config.recipe.lr == 1e-3 and config.crop == 0  # untouched fields keep the profile's values
+    assert build_config("paper", parse()) == PROFILES["paper"]
+
+
+def test_unknown_flag_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--iteration", "5", "--bogus")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unrecognized arguments" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--iterations", "0"], "iterations must be positive"),
+        (["--iterations", "-5"], "iterations must be positive"),
+        (["--crop", "-1"], "crop must be >= 0"),
+        (["--mask", "random"], "unknown mask"),
+        (["--precision", "fp64"], "unknown precision"),
+        (["--keep", "1.5"], "keep must be in"),
+        (["--upsample-mode", "area"], "upsample_mode"),
+        (["--lr", "0"], "lr must be positive"),
+    ],
+)
+def test_bad_values_are_rejected(argv, message):
+    with pytest.raises(BenchError, match=message):
+        build_config("smoke", parse(*argv))
+
+
+def test_unknown_profile():
+    with pytest.raises(BenchError, match="unknown profile 'fast'"):
+        build_config("fast", {})
+
+
+def test_auto_precision_is_resolved_to_a_concrete_path():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+    recipe = cell_recipe(PROFILES["smoke"], cpu, out_channels=1)
+    assert recipe.precision != "auto"
+    assert recipe.channels_last == (recipe.precision != "fp32")
+    explicit = cell_recipe(build_config("smoke", parse("--precision", "fp32", "--channels-last")), cpu, 1)
+    assert (explicit.precision, explicit.channels_last) == ("fp32", True)

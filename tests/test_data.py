@@ -1,0 +1,143 @@
+import functools
+import http.server
+import shutil
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from bench.data import (
+    centre_crop,
+    data_dir,
+    fetch,
+    load_files,
+    load_image,
+    load_images,
+    read_gray,
+    resolve_image,
+    sha256_of,
+)
+from bench.errors import BenchError
+
+
+def test_manifest_has_the_eleven_images_and_four_files_each():
+    images = load_images()
+    assert list(images) == ["barbara", "boat", "house", "lena", "peppers", "cman", "couple", "fingerprint", "hill", "man", "montage"]
+    files = load_files()
+    assert len(files) == 44
+    for info in images.values():
+        for kind in ("GT", "masked", "deep_prior", "papyan"):
+            entry = files[(info.stem, kind)]
+            assert len(entry.sha256) == 64 and entry.url.endswith("/" + entry.file)
+            assert "/eb9ce4fae8917eabdd345b3244a3c53f44595ab8/" in entry.url  # pinned commit
+
+
+def test_manifest_hashes_match_the_files(data_dir):
+    for entry in load_files().values():
+        assert sha256_of(data_dir / entry.file) == entry.sha256, entry.file
+
+
+@pytest.mark.parametrize("name", ["cman", "Cameraman256", "C.man", "  LENA "])
+def test_resolve_image_by_key_stem_or_display_name(name):
+    assert resolve_image(name).key in ("cman", "lena")
+
+
+def test_unknown_image_lists_the_known_ones():
+    with pytest.raises(BenchError, match=r"unknown image 'parrot'; known: barbara, boat"):
+        resolve_image("parrot")
+
+
+def test_data_dir_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIP_DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+    assert data_dir(tmp_path / ".") == tmp_path
+    with pytest.raises(BenchError, match="does not exist"):
+        data_dir(tmp_path / "missing")
+    monkeypatch.setenv("DIP_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(BenchError, match=r"\(DIP_DATA_DIR\) does not exist"):
+        data_dir()
+
+
+def test_corrupt_file_in_data_dir_is_rejected(data_dir, tmp_path):
+    entry = load_files()[("house", "GT")]
+    copy = tmp_path / entry.file
+    payload = bytearray((data_dir / entry.file).read_bytes())
+    payload[len(payload) // 2] ^= 0xFF
+    copy.write_bytes(bytes(payload))
+    with pytest.raises(BenchError, match="does not match the manifest"):
+        fetch(entry, tmp_path)
+
+
+def test_truncated_file_is_rejected(data_dir, tmp_path):
+    entry = load_files()[("house", "GT")]
+    (tmp_path / entry.file).write_bytes((data_dir / entry.file).read_bytes()[:1000])
+    with pytest.raises(BenchError, match="does not match the manifest"):
+        load_image(load_images()["house"], "GT", tmp_path)
+
+
+def test_unreadable_image_gives_a_clear_error(tmp_path):
+    text = tmp_path / "fake.png"
+    text.write_text("not a png")
+    with pytest.raises(BenchError, match="not a readable image"):
+        read_gray(text)
+
+
+def test_centre_crop_rule():
+    array = np.arange(10 * 12).reshape(10, 12)
+    crop = centre_crop(array, 4)
+    assert crop.shape == (4, 4) and crop[0, 0] == array[3, 4]
+    assert centre_crop(array, 0) is array
+    with pytest.raises(BenchError, match="larger than the image"):
+        centre_crop(array, 11)
+
+
+@pytest.fixture
+def mirror(data_dir, tmp_path, monkeypatch):
+    """A local HTTP server on 127.0.0.1 serving copies of two files, one of them corrupted."""
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(data_dir / "house_GT.png", served)
+    payload = bytearray((data_dir / "house_masked.png").read_bytes())
+    payload[100] ^= 0x01
+    (served / "house_masked.png").write_bytes(bytes(payload))
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DIP_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_missing_file_is_downloaded_and_verified(mirror, tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    entry = load_files()[("house", "GT")]
+    path = fetch(entry, cache)
+    assert path == cache / "house_GT.png"
+    assert path.read_bytes() == (data_dir / "house_GT.png").read_bytes()
+    image = load_image(load_images()["house"], "GT", cache)  # second load: no download, hash re-checked
+    assert image.shape == (256, 256) and image.dtype == np.float32
+
+
+def test_download_with_wrong_hash_is_rejected_and_not_kept(mirror, tmp_path):
+    cache = tmp_path / "cache"
+    entry = load_files()[("house", "masked")]
+    with pytest.raises(BenchError, match="does not match its pinned sha256"):
+        fetch(entry, cache)
+    assert not (cache / "house_masked.png").exists()
+
+
+def test_unreachable_server_gives_a_clear_error(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("DIP_DATA_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(BenchError, match="cannot download house_GT.png"):
+        fetch(load_files()[("house", "GT")], tmp_path)

@@ -1,0 +1,95 @@
+"""The runner end to end on real images: records, resume, determinism, divergence handling."""
+
+import dataclasses
+import json
+
+import pytest
+
+import bench.runner
+from bench.config import PROFILES, build_config
+from bench.errors import BenchError
+from bench.records import read_record
+from bench.runner import estimate_seconds, measure_ms_per_iter, run
+from dip.skipnet import SkipNetConfig
+from dip.restore import DivergenceError
+
+SMALL_NET = SkipNetConfig(channels_down=8, channels_up=8)
+TINY = {"run.images": ("house",), "run.crop": 64, "recipe.iterations": 12, "recipe.eval_every": 4}
+
+
+def test_record_has_results_timing_config_and_provenance(tmp_path, data_dir):
+    config = build_config("smoke", TINY)
+    (record,) = run(config, data_dir, tmp_path, progress=False)
+    assert record == json.loads((tmp_path / "house_seed0.json").read_text())
+    assert record["status"] == "complete" and record["image"] == "house" and record["seed"] == 0
+    assert record["size"] == [64, 64] and record["full_size"] == [256, 256]
+    assert record["psnr"] > record["psnr_masked_input"]
+    assert [p["iteration"] for p in record["curve"]] == [0, 4, 8, 11]
+    assert record["timing"]["timed_iterations"] + record["timing"]["warmup_iterations"] == 12
+    assert record["gflop_per_iter"] == pytest.approx(7.182319616)
+    assert record["gflops_achieved"] > 0 and record["peak_memory_bytes"] > 0
+    assert abs(record["keep_fraction"] - 0.5) < 0.05 and len(record["mask_sha256"]) == 64
+    assert record["config"]["recipe"]["iterations"] == 12 and record["config"]["recipe"]["precision"] in ("fp32", "bf16")
+    prov = record["provenance"]
+    assert {"commit", "dirty", "torch", "device_name", "cpu_model", "torch_threads"} <= prov.keys()
+
+
+def test_rerun_skips_complete_records_and_reruns_changed_ones(tmp_path, data_dir, capsys):
+    config = build_config("smoke", TINY)
+    run(config, data_dir, tmp_path, progress=False)
+    path = tmp_path / "house_seed0.json"
+    first = path.stat().st_mtime_ns
+    run(config, data_dir, tmp_path, progress=False)
+    assert path.stat().st_mtime_ns == first
+    assert "1 of 1 cells already have complete records" in capsys.readouterr().out
+    changed = build_config("smoke", {**TINY, "recipe.iterations": 8})
+    run(changed, data_dir, tmp_path, progress=False)
+    assert read_record(path)["config"]["recipe"]["iterations"] == 8
+
+
+def test_half_written_record_is_not_taken_as_done(tmp_path, data_dir):
+    (tmp_path / "house_seed0.json").write_text('{"schema": 1, "status": "comp')
+    (record,) = run(build_config("smoke", TINY), data_dir, tmp_path, progress=False)
+    assert record["status"] == "complete"
+
+
+def test_divergence_stops_with_a_clear_error_and_no_record(tmp_path, data_dir, monkeypatch):
+    def diverge(*args, **kwargs):
+        raise DivergenceError("training diverged: non-finite loss at iteration 7")
+
+    monkeypatch.setattr(bench.runner, "restore", diverge)
+    with pytest.raises(BenchError, match="house seed 0: training diverged: non-finite loss at iteration 7; no record"):
+        run(build_config("smoke", TINY), data_dir, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paper_mask_option_uses_the_published_mask(tmp_path, data_dir):
+    (a,) = run(build_config("smoke", {**TINY, "run.mask": "paper", "recipe.iterations": 2}), data_dir, tmp_path / "a", progress=False)
+    (b,) = run(build_config("smoke", {**TINY, "recipe.iterations": 2}), data_dir, tmp_path / "b", progress=False)
+    assert a["mask_sha256"] != b["mask_sha256"]
+    assert a["config"]["mask"] == "paper" and "keep" not in a["config"]
+
+
+def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
+    first = run(PROFILES["smoke"], data_dir, tmp_path / "a", progress=False)
+    second = run(PROFILES["smoke"], data_dir, tmp_path / "b", progress=False)
+    assert [r["image"] for r in first] == ["house", "cman", "peppers"]
+    for a, b in zip(first, second):
+        assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
+        assert a["psnr"] > a["psnr_masked_input"] + 10
+
+
+def test_estimate_multiplies_measured_times_by_the_work():
+    config = build_config("paper", {"run.images": ("house", "lena", "cman"), "run.seeds": (0, 1), "recipe.iterations": 100})
+    ms = {(256, 256): 500.0, (512, 512): 2000.0}
+    # per seed: (500 + 2000 + 500) ms x 100 iterations = 300 s; two seeds
+    assert estimate_seconds(config, ms) == pytest.approx(600.0)
+    cropped = build_config("quick", {"run.images": ("house", "lena"), "recipe.iterations": 10})
+    assert estimate_seconds(cropped, {(128, 128): 100.0}) == pytest.approx(2.0)
+
+
+def test_measurement_times_each_distinct_training_size():
+    config = build_config("smoke", {"run.images": ("house", "cman", "lena"), "run.crop": 0})
+    measured = measure_ms_per_iter(dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, net=SMALL_NET)))
+    assert sorted(measured) == [(256, 256), (512, 512)]
+    assert all(ms > 0 for ms in measured.values())

@@ -1,0 +1,141 @@
+"""The report and the regression check, from fixture records (no training)."""
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.check import compare, make_baseline
+from bench.errors import BenchError
+from bench.records import SCHEMA, read_record, write_json_atomic
+from bench.report import render, shared_config, write_report
+
+GOLDEN = Path(__file__).parent / "fixtures" / "report_quick_golden.md"
+
+CONFIG = {
+    "profile": "quick",
+    "crop": 128,
+    "mask": "bernoulli",
+    "keep": 0.5,
+    "device": "cpu",
+    "recipe": {"iterations": 600, "lr": 0.001, "backtracking": True, "precision": "bf16", "channels_last": True},
+}
+PROVENANCE = {
+    "commit": "0123456789abcdef0123456789abcdef01234567",
+    "dirty": False,
+    "timestamp": "2026-11-24T05:00:00+00:00",
+    "torch": "2.13.0+cpu",
+    "device_name": "Test CPU",
+    "cpu_capability": "AVX512",
+    "torch_threads": 2,
+}
+
+
+def fixture_record(image: str, seed: int, psnr: float, full: int = 512, ms: float = 90.0, backtracks: int = 0) -> dict:
+    return {
+        "schema": SCHEMA,
+        "status": "complete",
+        "image": image,
+        "seed": seed,
+        "size": [128, 128],
+        "full_size": [full, full],
+        "psnr": psnr,
+        "psnr_pasted": psnr + 1.5,
+        "backtracks": backtracks,
+        "timing": {"median_ms_per_iter": ms},
+        "config": {**copy.deepcopy(CONFIG), "image": image, "seed": seed},
+        "provenance": dict(PROVENANCE),
+    }
+
+
+RECORDS = [
+    fixture_record("house", 0, 30.0, full=256, ms=88.0),
+    fixture_record("house", 1, 31.0, full=256, ms=92.0, backtracks=1),
+    fixture_record("barbara", 0, 28.5, ms=91.0),
+    fixture_record("cman", 0, 26.25, full=256, ms=90.0),
+]
+
+
+def test_report_matches_golden_file():
+    text = render(RECORDS)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text, encoding="utf-8")
+    assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_report_content():
+    text = render(RECORDS)
+    house = next(line for line in text.splitlines() if line.startswith("| House"))
+    cells = [c.strip() for c in house.split("|")]
+    assert cells[6] == "30.50 ± 0.71"  # mean and sample std of 30.0 and 31.0
+    assert cells[7] == "2"  # n
+    assert cells[8] == "-8.66"  # 30.50 - 39.16 (Table 1)
+    assert cells[10] == "90.0"  # median of the per-seed ms/iter
+    assert "Not comparable to Table 1" in text
+    # Table 1 order: Barbara before House before C.man
+    assert text.index("| Barbara") < text.index("| House") < text.index("| C.man")
+
+
+def test_full_paper_runs_carry_no_disclaimer():
+    records = copy.deepcopy(RECORDS)
+    for r in records:
+        r["config"]["crop"] = 0
+        r["config"]["recipe"]["iterations"] = 11000
+        r["size"] = r["full_size"]
+    assert "Not comparable" not in render(records)
+
+
+def test_mixed_configurations_are_refused():
+    records = copy.deepcopy(RECORDS)
+    records[2]["config"]["recipe"]["iterations"] = 20
+    with pytest.raises(BenchError, match="differ in recipe.iterations"):
+        shared_config(records)
+
+
+def test_write_report_snapshots_its_records(tmp_path):
+    out = write_report(RECORDS, tmp_path / "quick.md", tmp_path / "quick" / "records")
+    assert out.read_text(encoding="utf-8") == render(RECORDS)
+    snapshot = sorted(p.name for p in (tmp_path / "quick" / "records").iterdir())
+    assert snapshot == ["barbara_seed0.json", "cman_seed0.json", "house_seed0.json", "house_seed1.json"]
+    assert read_record(tmp_path / "quick" / "records" / "house_seed1.json") == RECORDS[1]
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "a.json", {"x": float("nan")})  # refused, old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == '{\n "x": 1\n}\n'
+
+
+def test_incomplete_or_foreign_records_are_ignored(tmp_path):
+    (tmp_path / "half.json").write_text('{"schema": 1, "status": "compl')
+    write_json_atomic(tmp_path / "old.json", {**RECORDS[0], "schema": 0})
+    assert read_record(tmp_path / "half.json") is None
+    assert read_record(tmp_path / "old.json") is None
+
+
+def test_check_passes_within_tolerance_and_lists_each_failure():
+    baseline = make_baseline(RECORDS)
+    assert baseline["psnr"] == {"house": 30.5, "barbara": 28.5, "cman": 26.25}
+    assert compare(RECORDS, baseline, 0.1) == []
+    drifted = copy.deepcopy(RECORDS)
+    drifted[2]["psnr"] = 27.0
+    drifted[3]["psnr"] = 27.5
+    failures = compare(drifted, baseline, 0.5)
+    assert failures == [
+        "barbara: 27.00 dB vs baseline 28.50 dB (Δ -1.50, tolerance ±0.5)",
+        "cman: 27.50 dB vs baseline 26.25 dB (Δ +1.25, tolerance ±0.5)",
+    ]
+
+
+def test_check_reports_missing_images_and_config_changes():
+    baseline = make_baseline(RECORDS)
+    assert compare(RECORDS[:3], baseline, 0.5) == ["cman: no record in this run (baseline 26.25 dB)"]
+    changed = copy.deepcopy(RECORDS)
+    for r in changed:
+        r["config"]["recipe"]["lr"] = 0.01
+    assert compare(changed, baseline, 0.5) == ["configuration differs from the baseline's in: recipe.lr"]
+    with pytest.raises(BenchError, match="tolerance"):
+        compare(RECORDS, baseline, -1)

@@ -1,0 +1,121 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import centre_crop, load_image, load_images
+from dip.masks import bernoulli_mask
+from dip.metrics import psnr
+from dip.restore import DivergenceError, RestoreConfig, restore
+from dip.skipnet import SkipNetConfig
+
+TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
+
+
+@pytest.fixture(scope="module")
+def house64(data_dir):
+    image = centre_crop(load_image(load_images()["house"], "GT", data_dir), 64)
+    return image, bernoulli_mask(image.shape, seed=0, name="house")
+
+
+def test_short_training_run_beats_the_masked_input(house64):
+    image, mask = house64
+    config = RestoreConfig(iterations=60, eval_every=20)
+    result = restore(image, mask, config, seed=0, reference=image)
+    assert result.output.shape == (64, 64)
+    assert psnr(image, result.output) > psnr(image, image * mask) + 10
+    # the curve is recorded at 0, 20, 40 and the last iteration, and PSNR rises along it
+    assert [p.iteration for p in result.curve] == [0, 20, 40, 59]
+    assert result.curve[-1].psnr > result.curve[0].psnr
+
+
+def test_same_seed_same_output_different_seed_different_output(house64):
+    image, mask = house64
+    config = RestoreConfig(iterations=5, net=TINY_NET)
+    a = restore(image, mask, config, seed=1).output
+    b = restore(image, mask, config, seed=1).output
+    c = restore(image, mask, config, seed=2).output
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_dropped_pixels_are_never_seen(house64):
+    """The loss only sees x * m: changing the dropped pixels changes nothing."""
+    image, mask = house64
+    config = RestoreConfig(iterations=3, net=TINY_NET)
+    scrambled = np.where(mask == 1, image, np.random.default_rng(0).random(image.shape, dtype=np.float32))
+    np.testing.assert_array_equal(restore(image, mask, config, seed=0).output, restore(scrambled, mask, config, seed=0).output)
+
+
+def test_backtracking_restores_kept_parameters_at_each_check(house64):
+    """With the threshold set so every check counts as a drop, every check restores the kept copy."""
+    image, mask = house64
+    config = RestoreConfig(iterations=30, backtrack_every=10, backtrack_drop_db=-1e9, net=TINY_NET)
+    result = restore(image, mask, config, seed=0)
+    assert result.backtrack_iterations == [0, 10, 20]
+    assert result.backtracks == 3
+    no_backtracking = restore(image, mask, dataclasses.replace(config, backtracking=False), seed=0)
+    assert no_backtracking.backtracks == 0
+    assert not np.array_equal(result.output, no_backtracking.output)
+
+
+def test_backtracking_keeps_parameters_while_psnr_does_not_drop(house64):
+    image, mask = house64
+    result = restore(image, mask, RestoreConfig(iterations=30, backtrack_every=10, net=TINY_NET), seed=0)
+    assert result.backtracks == 0
+
+
+def test_non_finite_loss_raises_divergence_error(house64):
+    image, mask = house64
+    poisoned = image.copy()
+    poisoned[mask == 1] = np.nan  # a NaN in an observed pixel reaches the loss at once
+    with pytest.raises(DivergenceError, match="non-finite loss at iteration 0"):
+        restore(poisoned, mask, RestoreConfig(iterations=3, net=TINY_NET), seed=0)
+
+
+def test_bf16_autocast_with_channels_last_trains(house64):
+    image, mask = house64
+    config = RestoreConfig(iterations=40, precision="bf16", channels_last=True)
+    result = restore(image, mask, config, seed=0)
+    assert result.precision == "bf16"
+    assert psnr(image, result.output) > psnr(image, image * mask) + 5
+
+
+def test_fp16_autocast_runs_with_a_grad_scaler(house64):
+    """fp16 is the GPU fallback where bf16 is missing; on a CPU it is slow, so only a few steps here."""
+    image, mask = house64
+    result = restore(image, mask, RestoreConfig(iterations=3, precision="fp16", net=TINY_NET), seed=0)
+    assert result.precision == "fp16" and np.isfinite(result.output).all()
+
+
+def test_rgb_image_trains_with_three_output_channels():
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 3), dtype=np.float32)
+    mask = bernoulli_mask((64, 64), seed=0, name="rgb")
+    config = RestoreConfig(iterations=2, net=dataclasses.replace(TINY_NET, out_channels=3))
+    assert restore(image, mask, config, seed=0).output.shape == (64, 64, 3)
+
+
+def test_input_validation():
+    image = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        restore(np.zeros((64, 64, 3), np.float32), np.ones((64, 64), np.float32), RestoreConfig(iterations=1), seed=0)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        restore(np.zeros((96, 80), np.float32), np.ones((96, 80), np.float32), RestoreConfig(iterations=1), seed=0)
+    with pytest.raises(ValueError, match="differ in size"):
+        restore(image, np.ones((32, 64), np.float32), RestoreConfig(iterations=1), seed=0)
+    with pytest.raises(ValueError, match="iterations must be positive"):
+        RestoreConfig(iterations=0)
+    with pytest.raises(ValueError, match="precision"):
+        RestoreConfig(precision="fp8")
+
+
+def test_weights_and_input_do_not_depend_on_the_device_generator_state(house64):
+    """Everything random is drawn after seeding, so prior use of the global RNG changes nothing."""
+    image, mask = house64
+    config = RestoreConfig(iterations=2, net=TINY_NET)
+    a = restore(image, mask, config, seed=5).output
+    torch.rand(1000)
+    np.random.rand(10)
+    np.testing.assert_array_equal(a, restore(image, mask, config, seed=5).output)

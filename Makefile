@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 # 2.13.0 (a CPU wheel where one is on a local wheelhouse, as on CI). Override: make setup TORCH="torch==X".
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 TOLERANCE ?= 0.5
+MIN_SPEEDUP ?= 1.8
 
 .PHONY: setup test bench check baseline speed clean-runs
 
@@ -22,10 +23,16 @@ test:
 bench:
 	$(PY) -m bench run --publish
 
-# CI's regression check: the smoke profile against the committed baseline
+# CI's regression check: the smoke profile against the committed baseline, then the speed-ratio gate
 check:
 	$(PY) -m bench run --profile smoke --no-progress
 	$(PY) -m bench check --profile smoke --baseline reports/baselines/smoke.json --tolerance $(TOLERANCE)
+	$(PY) -m bench speed --size 256 --min-ratio $(MIN_SPEEDUP)
+
+# one training iteration, reference vs fast path, at 128x128 and 256x256 (pytest-benchmark)
+speed:
+	$(PY) -m pytest bench/bench_speed.py -p no:cacheprovider --benchmark-only --benchmark-json=reports/speed.json -o addopts=""
+	$(PY) -m bench speed-report --json reports/speed.json --out reports/speed.md
 
 # re-record the smoke baseline (commit the result with the reason in the message)
 baseline:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,check,baseline,estimate}``.
+"""Command line: ``python -m bench {run,report,check,baseline,estimate,speed,speed-report}``.
 
 User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
 exit with status 2; failed regression checks exit with status 1.
@@ -16,7 +16,7 @@ from bench.check import compare, load_baseline, make_baseline
 from bench.config import PROFILES, add_config_flags, build_config
 from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError
-from bench.records import load_records, write_json_atomic
+from bench.records import load_records, write_json_atomic, write_text_atomic
 from bench.report import render, write_report
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
 
@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     base_p = commands.add_parser("baseline", help="write a baseline file from a run's records")
     _add_results_selection(base_p)
     base_p.add_argument("--out", type=Path, required=True)
+
+    speed_p = commands.add_parser("speed", help="reference vs fast path ratio at one size, in one process")
+    speed_p.add_argument("--size", type=int, default=256)
+    speed_p.add_argument("--rounds", type=int, default=3)
+    speed_p.add_argument("--steps", type=int, default=2, help="steps per round and path")
+    speed_p.add_argument("--min-ratio", type=float, default=None, help="exit 1 if the speed-up is below this")
+    speed_p.add_argument("--device", default="auto")
+
+    sreport_p = commands.add_parser("speed-report", help="reports/speed.md from pytest-benchmark JSON + a profile")
+    sreport_p.add_argument("--json", type=Path, required=True)
+    sreport_p.add_argument("--out", type=Path, required=True)
+    sreport_p.add_argument("--profile-size", type=int, default=256)
+    sreport_p.add_argument("--device", default="auto")
 
     est_p = commands.add_parser("estimate", help="measure a few iterations and estimate a profile's run time")
     est_p.add_argument("--profile", choices=PROFILES, required=True)
@@ -164,7 +177,45 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "baseline": cmd_baseline, "estimate": cmd_estimate}
+def cmd_speed(args: argparse.Namespace) -> int:
+    from bench.speed import measure_ratio
+
+    if args.rounds < 1 or args.steps < 1:
+        raise BenchError("--rounds and --steps must be >= 1")
+    m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device)
+    print(
+        f"{m.size}x{m.size}: reference ({m.reference_precision}) {m.reference_s * 1e3:.0f} ms/iter, "
+        f"fast ({m.fast_precision}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
+        f"(median of {m.rounds} alternating rounds of {m.steps_per_round} steps)"
+    )
+    if args.min_ratio is not None and m.ratio < args.min_ratio:
+        print(f"FAIL speed-up {m.ratio:.2f}x is below the required {args.min_ratio:g}x")
+        return 1
+    return 0
+
+
+def cmd_speed_report(args: argparse.Namespace) -> int:
+    from bench.speed import operator_profile
+    from bench.speed_report import load_benchmarks, render_speed
+
+    data = load_benchmarks(args.json)
+    profiles = {path: operator_profile(path, args.profile_size, device=args.device) for path in ("reference", "fast")}
+    text = render_speed(data, profiles, args.profile_size)
+    write_text_atomic(args.out, text)
+    print(text)
+    print(f"Speed report written to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "report": cmd_report,
+    "check": cmd_check,
+    "baseline": cmd_baseline,
+    "estimate": cmd_estimate,
+    "speed": cmd_speed,
+    "speed-report": cmd_speed_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from dip.skipnet import SkipNetConfig
 
 ALL_IMAGES = tuple(load_images())
 MASKS = ("bernoulli", "paper")
+PATHS = ("fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,15 @@ class RunConfig:
     mask: str = "bernoulli"  # "bernoulli": seeded from (seed, image); "paper": the published mask
     keep: float = 0.5  # keep-probability of the bernoulli mask
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
-    precision: str = "auto"  # "auto" picks the fast path the device has; or fp32 | bf16 | fp16
-    channels_last: bool | None = None  # None: on whenever autocast is on
+    # Execution path: "reference" runs the recipe exactly as written (eager fp32, contiguous tensors,
+    # plain Adam); "fast" uses what the device offers. The fields below default (None / "auto") to the
+    # path's choice; setting one explicitly overrides it, and every record stores what ran.
+    path: str = "fast"
+    precision: str = "auto"  # fp32 | bf16 | fp16
+    channels_last: bool | None = None
+    fused_adam: bool | None = None
+    tf32: bool | None = None  # CUDA only
+    cudnn_benchmark: bool | None = None  # CUDA only
     recipe: RestoreConfig = field(default_factory=RestoreConfig)
 
     def __post_init__(self) -> None:
@@ -48,6 +56,8 @@ class RunConfig:
             raise ValueError(f"crop must be >= 0, got {self.crop}")
         if self.mask not in MASKS:
             raise ValueError(f"unknown mask {self.mask!r}; choose from {', '.join(MASKS)}")
+        if self.path not in PATHS:
+            raise ValueError(f"unknown path {self.path!r}; choose from {', '.join(PATHS)}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from auto, {', '.join(PRECISIONS)}")
         if not 0.0 < self.keep <= 1.0:
@@ -76,7 +86,7 @@ PROFILES: dict[str, RunConfig] = {
 # and the recipe's precision/channels_last are resolved from RunConfig's fields of the same name.
 _NOT_FLAGS = {
     RunConfig: {"profile", "recipe"},
-    RestoreConfig: {"net", "precision", "channels_last"},
+    RestoreConfig: {"net", "precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark"},
     SkipNetConfig: {"out_channels"},
 }
 _SECTIONS = (("run", RunConfig), ("recipe", RestoreConfig), ("net", SkipNetConfig))
@@ -171,9 +181,11 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
+def resolve_precision(config: RunConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if config.path == "reference":
+        return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
@@ -181,7 +193,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> RestoreConfig:
     """The concrete recipe one (image, seed) cell trains with: no "auto" left."""
-    precision = resolve_precision(config.precision, device)
-    channels_last = precision != "fp32" if config.channels_last is None else config.channels_last
-    net = dataclasses.replace(config.recipe.net, out_channels=out_channels)
-    return dataclasses.replace(config.recipe, precision=precision, channels_last=channels_last, net=net)
+    fast = config.path == "fast"
+    on_cuda = device.type == "cuda"
+    precision = resolve_precision(config, device)
+
+    def pick(value: bool | None, fast_default: bool) -> bool:
+        return (fast and fast_default) if value is None else value
+
+    return dataclasses.replace(
+        config.recipe,
+        precision=precision,
+        channels_last=pick(config.channels_last, precision != "fp32"),
+        fused_adam=pick(config.fused_adam, True),
+        tf32=pick(config.tf32, on_cuda),
+        cudnn_benchmark=pick(config.cudnn_benchmark, on_cuda),
+        net=dataclasses.replace(config.recipe.net, out_channels=out_channels),
+    )

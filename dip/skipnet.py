@@ -83,7 +83,8 @@ def conv_bn_act(config: SkipNetConfig, c_in: int, c_out: int, kernel: int, strid
     return nn.Sequential(
         conv(config, c_in, c_out, kernel, stride),
         nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(config.negative_slope),
+        # In place, as in the authors' code: BatchNorm's backward needs its input, not its output.
+        nn.LeakyReLU(config.negative_slope, inplace=True),
     )
 
 

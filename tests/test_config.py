@@ -10,6 +10,7 @@ from bench.config import (
     add_config_flags,
     build_config,
     cell_recipe,
+    cpu_has_fast_bf16,
     parse_int_list,
     resolve_precision,
 )
@@ -94,12 +95,31 @@ def test_unknown_profile():
         build_config("fast", {})
 
 
-def test_auto_precision_is_resolved_to_a_concrete_path():
+def test_reference_path_is_the_recipe_as_written():
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
-    recipe = cell_recipe(PROFILES["smoke"], cpu, out_channels=1)
-    assert recipe.precision != "auto"
-    assert recipe.channels_last == (recipe.precision != "fp32")
-    explicit = cell_recipe(build_config("smoke", parse("--precision", "fp32", "--channels-last")), cpu, 1)
-    assert (explicit.precision, explicit.channels_last) == ("fp32", True)
+    reference = build_config("smoke", parse("--path", "reference"))
+    assert resolve_precision(reference, cpu) == "fp32"
+    recipe = cell_recipe(reference, cpu, out_channels=1)
+    assert (recipe.precision, recipe.channels_last, recipe.fused_adam, recipe.tf32, recipe.cudnn_benchmark) == ("fp32", False, False, False, False)
+    assert (recipe.compile, recipe.cuda_graphs) == (False, False)
+
+
+def test_fast_path_resolves_every_auto_field_for_the_device():
+    cpu = torch.device("cpu")
+    fast = cell_recipe(PROFILES["smoke"], cpu, out_channels=1)
+    assert fast.precision == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert fast.channels_last == (fast.precision != "fp32") and fast.fused_adam
+    assert not fast.tf32 and not fast.cudnn_benchmark  # CUDA-only switches stay off on a CPU
+
+
+def test_explicit_flags_override_the_paths_choice():
+    cpu = torch.device("cpu")
+    explicit = cell_recipe(build_config("smoke", parse("--precision", "fp32", "--channels-last", "--no-fused-adam")), cpu, 1)
+    assert (explicit.precision, explicit.channels_last, explicit.fused_adam) == ("fp32", True, False)
+    mixed = cell_recipe(build_config("smoke", parse("--path", "reference", "--precision", "bf16")), cpu, 1)
+    assert (mixed.precision, mixed.channels_last) == ("bf16", False)  # the reference path keeps the rest as written
+
+
+def test_unknown_path():
+    with pytest.raises(BenchError, match="unknown path 'turbo'"):
+        build_config("smoke", parse("--path", "turbo"))

@@ -70,13 +70,26 @@ def test_paper_mask_option_uses_the_published_mask(tmp_path, data_dir):
     assert a["config"]["mask"] == "paper" and "keep" not in a["config"]
 
 
-def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
-    first = run(PROFILES["smoke"], data_dir, tmp_path / "a", progress=False)
-    second = run(PROFILES["smoke"], data_dir, tmp_path / "b", progress=False)
-    assert [r["image"] for r in first] == ["house", "cman", "peppers"]
-    for a, b in zip(first, second):
+@pytest.fixture(scope="module")
+def smoke_fast(tmp_path_factory, data_dir):
+    return run(PROFILES["smoke"], data_dir, tmp_path_factory.mktemp("smoke_fast"), progress=False)
+
+
+def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, tmp_path, data_dir):
+    second = run(PROFILES["smoke"], data_dir, tmp_path, progress=False)
+    assert [r["image"] for r in smoke_fast] == ["house", "cman", "peppers"]
+    for a, b in zip(smoke_fast, second):
         assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
         assert a["psnr"] > a["psnr_masked_input"] + 10
+
+
+def test_fast_path_keeps_psnr_parity_with_the_reference_path(smoke_fast, tmp_path, data_dir):
+    """Every smoke image: the fast path's PSNR within 0.3 dB of the reference path's."""
+    reference = run(build_config("smoke", {"run.path": "reference"}), data_dir, tmp_path, progress=False)
+    assert reference[0]["config"]["recipe"]["precision"] == "fp32"
+    for fast, ref in zip(smoke_fast, reference):
+        assert fast["image"] == ref["image"]
+        assert abs(fast["psnr"] - ref["psnr"]) <= 0.3, (fast["image"], fast["psnr"], ref["psnr"])
 
 
 def test_estimate_multiplies_measured_times_by_the_work():

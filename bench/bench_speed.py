@@ -1,0 +1,32 @@
+"""pytest-benchmark suite: one training iteration of the paper network, reference vs fast path.
+
+Run with ``make speed`` (it writes reports/speed.json and reports/speed.md). Not part of ``make test``:
+benchmarks measure, they do not assert.
+"""
+
+import os
+
+import pytest
+
+from bench.runner import gflop_per_iteration
+from bench.speed import make_trainer, train_step
+
+ROUNDS = {128: int(os.environ.get("SPEED_ROUNDS_128", 10)), 256: int(os.environ.get("SPEED_ROUNDS_256", 5))}
+
+
+@pytest.mark.parametrize("size", sorted(ROUNDS))
+@pytest.mark.parametrize("path", ["reference", "fast"])
+def test_train_step(benchmark, path: str, size: int) -> None:
+    trainer = make_trainer(path, size)
+    config = trainer.config
+    benchmark.group = f"{size}x{size}"
+    benchmark.extra_info.update(
+        path=path,
+        size=size,
+        device=str(trainer.device),
+        precision=config.precision,
+        channels_last=config.channels_last,
+        fused_adam=config.fused_adam,
+        gflop_per_iter=gflop_per_iteration(config.net, size, size),
+    )
+    benchmark.pedantic(train_step, args=(trainer,), rounds=ROUNDS[size], iterations=1, warmup_rounds=2)

@@ -1,0 +1,113 @@
+"""Speed of one training iteration, reference path vs fast path, measured in one process.
+
+Used by the pytest-benchmark suite (``make speed``), by the ratio gate that CI runs
+(``python -m bench speed --min-ratio 1.8``), and for the operator profile in ``reports/speed.md``.
+A ratio taken within one run is robust to a shared, noisy machine where absolute times are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from bench.config import build_config, cell_recipe, resolve_device
+from dip.restore import RestoreConfig, Trainer
+from dip.seeding import derived_seed
+
+
+def path_recipe(path: str, device: torch.device, base: str = "paper") -> RestoreConfig:
+    """The paper recipe as the given path ("reference" or "fast") would run it on ``device``."""
+    return cell_recipe(build_config(base, {"run.path": path}), device, out_channels=1)
+
+
+def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> Trainer:
+    """A Trainer on a fixed random image and bernoulli mask of size x size (the paper network)."""
+    device = resolve_device(str(device))
+    rng = np.random.default_rng(derived_seed(0, f"speed/{size}"))
+    image = rng.random((size, size), dtype=np.float32)
+    mask = (rng.random((size, size)) < 0.5).astype(np.float32)
+    return Trainer(image, mask, path_recipe(path, device), seed=0, device=device)
+
+
+def train_step(trainer: Trainer) -> None:
+    """One full iteration (perturbed input, forward, loss, backward, Adam), synchronised at the end."""
+    trainer.forward_backward()
+    trainer.optimizer_step()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+
+
+def time_steps(trainer: Trainer, steps: int) -> float:
+    """Seconds per step over ``steps`` consecutive steps (one clock read each side)."""
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(trainer)
+    return (time.perf_counter() - start) / steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioMeasurement:
+    size: int
+    reference_s: float  # median seconds per step
+    fast_s: float
+    rounds: int
+    steps_per_round: int
+    reference_precision: str
+    fast_precision: str
+
+    @property
+    def ratio(self) -> float:
+        return self.reference_s / self.fast_s
+
+
+def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, device: str = "auto") -> RatioMeasurement:
+    """Reference and fast path timed in alternating rounds, so both see the same machine load."""
+    trainers = {path: make_trainer(path, size, device) for path in ("reference", "fast")}
+    for trainer in trainers.values():
+        time_steps(trainer, warmup)
+    samples: dict[str, list[float]] = {path: [] for path in trainers}
+    for _ in range(rounds):
+        for path, trainer in trainers.items():
+            samples[path].append(time_steps(trainer, steps))
+    return RatioMeasurement(
+        size=size,
+        reference_s=statistics.median(samples["reference"]),
+        fast_s=statistics.median(samples["fast"]),
+        rounds=rounds,
+        steps_per_round=steps,
+        reference_precision=trainers["reference"].config.precision,
+        fast_precision=trainers["fast"].config.precision,
+    )
+
+
+def operator_profile(path: str, size: int, steps: int = 3, top: int = 12, device: str = "auto") -> list[dict]:
+    """The operators that take the most self time over ``steps`` profiled steps (after one warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = make_trainer(path, size, device)
+    time_steps(trainer, 1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            train_step(trainer)
+    on_cuda = trainer.device.type == "cuda"
+    events = [e for e in prof.key_averages() if e.key != "ProfilerStep*"]
+    time_of = (lambda e: e.self_device_time_total) if on_cuda else (lambda e: e.self_cpu_time_total)
+    total = sum(time_of(e) for e in events) or 1
+    rows = []
+    for event in sorted(events, key=time_of, reverse=True)[:top]:
+        rows.append(
+            {
+                "operator": event.key,
+                "ms_per_step": time_of(event) / 1e3 / steps,
+                "share": time_of(event) / total,
+                "calls_per_step": event.count / steps,
+            }
+        )
+    return rows

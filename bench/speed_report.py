@@ -1,0 +1,97 @@
+"""reports/speed.md from a pytest-benchmark JSON file and an operator profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+
+def load_benchmarks(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchError(f"cannot read benchmark file {path}: {exc.strerror}") from None
+    except ValueError:
+        raise BenchError(f"benchmark file {path} is not valid JSON") from None
+    if not data.get("benchmarks"):
+        raise BenchError(f"{path} holds no benchmarks; run 'make speed'")
+    return data
+
+
+def speed_table(data: dict) -> pd.DataFrame:
+    """One row per size: median ms/iter of each path, their ratio, GFLOP/s of each."""
+    rows: dict[int, dict] = {}
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        ms = bench["stats"]["median"] * 1e3
+        row = rows.setdefault(info["size"], {"size": f"{info['size']}x{info['size']}"})
+        row[f"{info['path']}_ms"] = ms
+        row[f"{info['path']}_gflops"] = info["gflop_per_iter"] / (ms / 1e3)
+        row[f"{info['path']}_rounds"] = bench["stats"]["rounds"]
+        row[f"{info['path']}_how"] = f"{info['precision']}, channels_last {info['channels_last']}, fused Adam {info['fused_adam']}"
+    missing = [s for s, r in rows.items() if not {"reference_ms", "fast_ms"} <= r.keys()]
+    if missing:
+        raise BenchError(f"benchmark file lacks a reference or fast result at size {missing}")
+    frame = pd.DataFrame([rows[s] for s in sorted(rows)])
+    frame["ratio"] = frame["reference_ms"] / frame["fast_ms"]
+    return frame
+
+
+def markdown_speed(frame: pd.DataFrame) -> str:
+    table = pd.DataFrame(
+        {
+            "Size": frame["size"],
+            "Reference ms/iter": frame["reference_ms"].map("{:.1f}".format),
+            "Fast ms/iter": frame["fast_ms"].map("{:.1f}".format),
+            "Speed-up": frame["ratio"].map("{:.2f}x".format),
+            "Reference GFLOP/s": frame["reference_gflops"].map("{:.0f}".format),
+            "Fast GFLOP/s": frame["fast_gflops"].map("{:.0f}".format),
+            "Rounds (ref/fast)": [f"{a}/{b}" for a, b in zip(frame["reference_rounds"], frame["fast_rounds"])],
+        }
+    )
+    return table.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * 6)
+
+
+def markdown_profile(rows: list[dict]) -> str:
+    table = pd.DataFrame(
+        {
+            "Operator": [r["operator"] for r in rows],
+            "ms/step": [f"{r['ms_per_step']:.1f}" for r in rows],
+            "Share": [f"{100 * r['share']:.1f}%" for r in rows],
+            "Calls/step": [f"{r['calls_per_step']:.0f}" for r in rows],
+        }
+    )
+    return table.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "right", "right"])
+
+
+def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int) -> str:
+    frame = speed_table(data)
+    machine = data.get("machine_info", {})
+    commit = data.get("commit_info", {})
+    cpu = machine.get("cpu", {})
+    how = frame.iloc[0]
+    lines = [
+        "# dip-bench: speed of one training iteration",
+        "",
+        f"- Machine: {cpu.get('brand_raw', machine.get('processor', 'unknown'))}, "
+        f"{cpu.get('count', '?')} logical CPUs; {machine.get('node', '')}; Python {machine.get('python_version', '?')}",
+        f"- Commit: {commit.get('id', 'unknown')[:12]}{'-dirty' if commit.get('dirty') else ''} ({commit.get('time', '')}); "
+        f"measured {data.get('datetime', '')}",
+        f"- Reference path: {how['reference_how']}. Fast path: {how['fast_how']}.",
+        "- One iteration = perturbed input, forward, masked MSE, backward, Adam step (the paper network, 2,217,573 parameters);",
+        "  median over rounds after 2 warm-up rounds (pytest-benchmark, `make speed`); raw numbers in `speed.json`.",
+        "",
+        markdown_speed(frame),
+    ]
+    for path, rows in profiles.items():
+        lines += [
+            "",
+            f"## Where the time goes: {path} path, {profile_size}x{profile_size} (torch.profiler, self time)",
+            "",
+            markdown_profile(rows),
+        ]
+    return "\n".join(lines) + "\n"

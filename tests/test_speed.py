@@ -1,0 +1,81 @@
+"""The speed tooling: what it measures and how it reports, never how fast this machine is."""
+
+import pytest
+import torch
+
+import bench.speed
+from bench.cli import main
+from bench.errors import BenchError
+from bench.speed import RatioMeasurement, make_trainer, operator_profile, time_steps
+from bench.speed_report import render_speed, speed_table
+
+
+def fake_benchmark(path: str, size: int, median_s: float, gflop: float) -> dict:
+    return {
+        "stats": {"median": median_s, "rounds": 5},
+        "extra_info": {"path": path, "size": size, "precision": "fp32" if path == "reference" else "bf16",
+                       "channels_last": path == "fast", "fused_adam": path == "fast", "gflop_per_iter": gflop},
+    }
+
+
+DATA = {
+    "machine_info": {"cpu": {"brand_raw": "Test CPU", "count": 2}, "node": "host", "python_version": "3.11.7"},
+    "commit_info": {"id": "0123456789abcdef", "dirty": False, "time": "2026-11-24T05:00:00+00:00"},
+    "datetime": "2026-11-24T05:10:00",
+    "benchmarks": [
+        fake_benchmark("reference", 256, 1.2, 115.0),
+        fake_benchmark("fast", 256, 0.4, 115.0),
+        fake_benchmark("reference", 128, 0.25, 28.75),
+        fake_benchmark("fast", 128, 0.125, 28.75),
+    ],
+}
+
+
+def test_speed_table_ratios_and_throughput():
+    frame = speed_table(DATA)
+    assert list(frame["size"]) == ["128x128", "256x256"]
+    assert list(frame["ratio"]) == pytest.approx([2.0, 3.0])
+    assert list(frame["fast_gflops"]) == pytest.approx([230.0, 287.5])
+
+
+def test_speed_report_text():
+    profiles = {"fast": [{"operator": "aten::conv2d", "ms_per_step": 12.5, "share": 0.25, "calls_per_step": 40}]}
+    text = render_speed(DATA, profiles, 256)
+    assert "| 256x256 |" in text and "3.00x" in text and "Test CPU" in text and "0123456789ab" in text
+    row = next(line for line in text.splitlines() if "aten::conv2d" in line)
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["aten::conv2d", "12.5", "25.0%", "40"]
+
+
+def test_speed_table_needs_both_paths():
+    with pytest.raises(BenchError, match="lacks a reference or fast result"):
+        speed_table({"benchmarks": DATA["benchmarks"][:1]})
+
+
+@pytest.mark.parametrize("ratio, code", [(2.5, 0), (1.5, 1)])
+def test_ratio_gate_fails_below_the_threshold(monkeypatch, capsys, ratio, code):
+    def fake(size, rounds, steps, device):
+        return RatioMeasurement(size, reference_s=ratio * 0.4, fast_s=0.4, rounds=rounds, steps_per_round=steps,
+                                reference_precision="fp32", fast_precision="bf16")
+
+    monkeypatch.setattr(bench.speed, "measure_ratio", fake)
+    assert main(["speed", "--size", "256", "--min-ratio", "1.8"]) == code
+    out = capsys.readouterr().out
+    assert f"speed-up {ratio:.2f}x" in out
+    assert ("FAIL" in out) == (code == 1)
+
+
+def test_both_paths_train_the_same_network_differently():
+    reference, fast = make_trainer("reference", 64), make_trainer("fast", 64)
+    assert reference.config.precision == "fp32" and not reference.config.channels_last
+    assert reference.config.net == fast.config.net
+    # the same seed gives the same starting weights on both paths
+    for a, b in zip(reference.params, fast.params):
+        assert torch.equal(a.detach().contiguous(), b.detach().contiguous())
+    assert time_steps(reference, 1) > 0 and time_steps(fast, 1) > 0
+
+
+def test_operator_profile_lists_the_heaviest_operators():
+    rows = operator_profile("fast", 64, steps=1, top=5)
+    assert 1 <= len(rows) <= 5
+    assert all(r["ms_per_step"] >= 0 and 0 <= r["share"] <= 1 for r in rows)
+    assert rows == sorted(rows, key=lambda r: r["ms_per_step"], reverse=True)

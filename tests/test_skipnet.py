@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dip.skipnet import SkipNet, SkipNetConfig, check_input_size, count_parameters
+from dip.skipnet import ReflectionPad, SkipNet, SkipNetConfig, check_input_size, count_parameters
 from dip.timing import count_flops
 
 
@@ -49,3 +49,11 @@ def test_bad_config_values_are_rejected():
         SkipNetConfig(upsample_mode="cubic")
     with pytest.raises(ValueError, match="scales"):
         SkipNetConfig(scales=0)
+
+
+def test_reflection_pad_keeps_bf16_under_autocast_and_is_exact():
+    x = torch.randn(1, 4, 8, 8).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded = ReflectionPad(1)(x)
+    assert padded.dtype == torch.bfloat16
+    assert torch.equal(padded, torch.nn.ReflectionPad2d(1)(x.float()).to(torch.bfloat16))

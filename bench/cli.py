@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,check,baseline,estimate,speed,speed-report}``.
+"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,speed,speed-report}``.
 
 User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
 exit with status 2; failed regression checks exit with status 1.
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     base_p = commands.add_parser("baseline", help="write a baseline file from a run's records")
     _add_results_selection(base_p)
     base_p.add_argument("--out", type=Path, required=True)
+
+    cmp_p = commands.add_parser("compare", help="two runs side by side (e.g. fast vs reference path)")
+    cmp_p.add_argument("--results-dir", type=Path, required=True)
+    cmp_p.add_argument("--against", type=Path, required=True, help="the other run's results directory")
+    cmp_p.add_argument("--labels", default="fast,reference", help="names of the two runs, comma-separated")
+    cmp_p.add_argument("--out", type=Path, required=True)
 
     speed_p = commands.add_parser("speed", help="reference vs fast path ratio at one size, in one process")
     speed_p.add_argument("--size", type=int, default=256)
@@ -177,6 +183,19 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.parity import side_by_side
+
+    labels = [x.strip() for x in args.labels.split(",")]
+    if len(labels) != 2 or not all(labels):
+        raise BenchError(f"--labels needs two names separated by a comma, got {args.labels!r}")
+    text = side_by_side(load_records(args.results_dir), load_records(args.against), *labels)
+    write_text_atomic(args.out, text)
+    print(text)
+    print(f"Comparison written to {args.out}")
+    return 0
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from bench.speed import measure_ratio
 
@@ -213,6 +232,7 @@ COMMANDS = {
     "check": cmd_check,
     "baseline": cmd_baseline,
     "estimate": cmd_estimate,
+    "compare": cmd_compare,
     "speed": cmd_speed,
     "speed-report": cmd_speed_report,
 }

@@ -69,13 +69,10 @@ PROFILES: dict[str, RunConfig] = {
     "paper": RunConfig(profile="paper"),
     # All 11 images, 128x128 centre crops, 600 iterations: about 11 minutes on a 2-core AMX CPU.
     "quick": RunConfig(profile="quick", crop=128, recipe=RestoreConfig(iterations=600)),
-    # CI's regression run: 3 images, 64x64 crops, 200 iterations: well under a minute on CPU.
-    "smoke": RunConfig(
-        profile="smoke",
-        images=("house", "cman", "peppers"),
-        crop=64,
-        recipe=RestoreConfig(iterations=200, eval_every=25, timer_window=25),
-    ),
+    # CI's regression run: 3 images, 64x64 crops, 400 iterations: about 40 s on a 2-core AMX CPU.
+    # At 200 iterations PSNR still climbs ~0.7 dB per 50 steps and seeds spread by 0.7 dB, too
+    # steep for the 0.3 dB fast-vs-reference parity test to mean anything; at 400 it has levelled.
+    "smoke": RunConfig(profile="smoke", images=("house", "cman", "peppers"), crop=64, recipe=RestoreConfig(iterations=400)),
 }
 
 

@@ -36,7 +36,7 @@ def test_paper_profile_holds_the_papers_recipe():
 
 
 def test_smoke_and_quick_profiles():
-    assert len(PROFILES["smoke"].images) == 3 and PROFILES["smoke"].recipe.iterations <= 300
+    assert len(PROFILES["smoke"].images) == 3 and PROFILES["smoke"].recipe.iterations <= 400
     assert len(PROFILES["quick"].images) == 11 and PROFILES["quick"].crop > 0
 
 

@@ -139,3 +139,21 @@ def test_check_reports_missing_images_and_config_changes():
     assert compare(changed, baseline, 0.5) == ["configuration differs from the baseline's in: recipe.lr"]
     with pytest.raises(BenchError, match="tolerance"):
         compare(RECORDS, baseline, -1)
+
+
+def test_side_by_side_comparison_of_two_paths():
+    from bench.parity import side_by_side
+
+    fast = copy.deepcopy(RECORDS)
+    reference = copy.deepcopy(RECORDS)
+    for r in fast:
+        r["config"]["recipe"]["fused_adam"] = True
+    for r in reference:
+        r["psnr"] -= 0.25
+        r["timing"]["median_ms_per_iter"] *= 2.5
+        r["config"]["recipe"].update(precision="fp32", channels_last=False, fused_adam=False)
+    text = side_by_side(fast, reference, "fast", "reference")
+    assert "differ only in: recipe.channels_last, recipe.fused_adam, recipe.precision" in text
+    house = next(line for line in text.splitlines() if line.startswith("| House"))
+    assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "30.50", "30.25", "+0.25", "90.0", "225.0", "2.50x"]
+    assert "Mean Δ PSNR +0.25 dB, largest |Δ| 0.25 dB over 3 images" in text

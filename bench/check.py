@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from bench.errors import BenchError
+from bench.records import read_json
 from bench.report import config_diff, shared_config
 
 
@@ -29,13 +29,8 @@ def make_baseline(records: list[dict]) -> dict:
 
 
 def load_baseline(path: Path) -> dict:
-    try:
-        baseline = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BenchError(f"cannot read baseline {path}: {exc.strerror}") from None
-    except ValueError:
-        raise BenchError(f"baseline {path} is not valid JSON") from None
-    if not isinstance(baseline, dict) or not {"config", "psnr"} <= baseline.keys():
+    baseline = read_json(path, "baseline")
+    if not {"config", "psnr"} <= baseline.keys():
         raise BenchError(f"baseline {path} lacks 'config' and 'psnr'; write one with 'python -m bench baseline'")
     return baseline
 

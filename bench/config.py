@@ -188,6 +188,16 @@ def resolve_precision(config: RunConfig, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+# The execution fields and their values on the reference path (the recipe exactly as written).
+REFERENCE_EXECUTION = {"precision": "fp32", "channels_last": False, "fused_adam": False, "tf32": False,
+                       "cudnn_benchmark": False, "compile": False, "cuda_graphs": False}
+
+
+def execution_path(recipe: dict) -> str:
+    """'reference' if a resolved recipe (as stored in a record) ran exactly as written, else 'fast'."""
+    return "reference" if all(recipe.get(k, v) == v for k, v in REFERENCE_EXECUTION.items()) else "fast"
+
+
 def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> RestoreConfig:
     """The concrete recipe one (image, seed) cell trains with: no "auto" left."""
     fast = config.path == "fast"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.check import per_image_psnr
+from bench.config import execution_path
 from bench.data import load_images
 from bench.report import config_diff, shared_config
 
@@ -40,8 +41,8 @@ def side_by_side(a: list[dict], b: list[dict], label_a: str, label_b: str) -> st
     header = [
         f"# {label_a} vs {label_b}: profile `{config_a['profile']}`",
         "",
-        f"- {label_a}: {recipe_a['precision']}, channels_last {recipe_a['channels_last']}, fused Adam {recipe_a['fused_adam']}",
-        f"- {label_b}: {recipe_b['precision']}, channels_last {recipe_b['channels_last']}, fused Adam {recipe_b['fused_adam']}",
+        f"- {label_a}: path {execution_path(recipe_a)}, {recipe_a['precision']}, channels_last {recipe_a['channels_last']}, fused Adam {recipe_a['fused_adam']}",
+        f"- {label_b}: path {execution_path(recipe_b)}, {recipe_b['precision']}, channels_last {recipe_b['channels_last']}, fused Adam {recipe_b['fused_adam']}",
         f"- Configurations differ only in: {', '.join(config_diff(config_a, config_b)) or 'nothing'}",
         f"- Device: {a[0]['provenance']['device_name']}; commits: {', '.join(commits)}",
         f"- Mean Δ PSNR {sum(deltas) / len(deltas):+.2f} dB, largest |Δ| {max(abs(d) for d in deltas):.2f} dB over {len(deltas)} images",

@@ -43,6 +43,19 @@ def write_json_atomic(path: Path, payload: dict | list) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
 
 
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; a missing, unreadable or malformed file is a one-line BenchError."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BenchError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError:
+        raise BenchError(f"{what} {path} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"{what} {path} is not a JSON object")
+    return data
+
+
 def read_record(path: Path) -> dict | None:
     """The record at ``path`` if it is a complete record of this schema, else None."""
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.config import execution_path
 from bench.data import load_images
 from bench.errors import BenchError
 from bench.records import record_path, write_json_atomic, write_text_atomic
@@ -64,10 +65,54 @@ def summarise(records: list[dict]) -> pd.DataFrame:
                 "psnr_pasted": float(mine["psnr_pasted"].mean()),
                 "ms_per_iter": float(np.median([t["median_ms_per_iter"] for t in mine["timing"]])),
                 "backtracks": int(mine["backtracks"].sum()),
+                **_extra_means(mine),
                 "device": mine.iloc[0]["provenance"]["device_name"],
             }
         )
     return pd.DataFrame(rows)
+
+
+# Second estimates and reference rows that records since commit "reference rows" compute: mean over seeds.
+EXTRA_COLUMNS = {
+    "psnr_best": "Best (oracle stop)",
+    "psnr_ema": "EMA of output",
+    "interp_nearest": "Interp. nearest",
+    "interp_linear": "Interp. linear",
+    "deep_prior_published": "DIP published",
+    "papyan_published": "Papyan published",
+}
+
+
+def _extra_means(mine: pd.DataFrame) -> dict[str, float]:
+    """Means over seeds of the extra estimates, when every record of the image has them."""
+    if "reference_psnr" not in mine or mine["reference_psnr"].isna().any() or mine["psnr_ema"].isna().any():
+        return {}
+    values = {key: [r[key] for r in mine["reference_psnr"]] for key in list(EXTRA_COLUMNS)[2:]}
+    values |= {"psnr_best": list(mine["psnr_best"]), "psnr_ema": list(mine["psnr_ema"])}
+    means = {key: float(np.mean(v)) for key, v in values.items()}
+    means["best_iteration"] = float(np.median(mine["best_iteration"]))
+    return means
+
+
+def extra_table(summary: pd.DataFrame) -> str | None:
+    """Second table: oracle early stop, EMA, and reference rows computed here; None for older records."""
+    if not set(EXTRA_COLUMNS) <= set(summary.columns) or summary[list(EXTRA_COLUMNS)].isna().any().any():
+        return None
+    table = pd.DataFrame({"Image": summary["image"]})
+    for key, title in EXTRA_COLUMNS.items():
+        table[title] = summary[key].map("{:.2f}".format)
+    table.insert(2, "at iter.", summary["best_iteration"].map("{:.0f}".format))
+    mean_row = {"Image": "**Mean**", "at iter.": "", **{t: f"{summary[k].mean():.2f}" for k, t in EXTRA_COLUMNS.items()}}
+    table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
+    return table.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(table.columns) - 1))
+
+
+EXTRA_LEGEND = """*Best (oracle stop)*: the highest PSNR seen at an evaluation point during training and the (median)
+iteration where it was reached: what stopping at the right moment would give, with the ground truth
+as oracle. *EMA of output*: PSNR of the exponential moving average (weight 0.99) of the training
+outputs. *Interp.*: SciPy's nearest / linear interpolation of the missing pixels from the same mask, the
+floor any prior must beat. *DIP published*, *Papyan published*: the authors' published outputs (made
+with their own masks) scored here on the same crop with the same PSNR."""
 
 
 def _size(record: pd.Series) -> str:
@@ -127,7 +172,8 @@ def header(records: list[dict], config: dict) -> str:
         "",
         f"- Iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
         f"{'on' if recipe['backtracking'] else 'off'}; mask {mask}",
-        f"- Precision: {recipe['precision']}, channels_last {recipe['channels_last']}",
+        f"- Path: {execution_path(recipe)} ({recipe['precision']}, channels_last {recipe['channels_last']}, "
+        f"fused Adam {recipe.get('fused_adam', False)})",
         f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
         f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
@@ -161,7 +207,11 @@ copied into the output. *ms/iter*: median time of one training iteration (warm-u
 def render(records: list[dict]) -> str:
     config = shared_config(records)
     summary = summarise(records)
-    return "\n\n".join([header(records, config), markdown_table(summary), LEGEND]) + "\n"
+    parts = [header(records, config), markdown_table(summary), LEGEND]
+    extra = extra_table(summary)
+    if extra is not None:
+        parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
+    return "\n\n".join(parts) + "\n"
 
 
 def write_report(records: list[dict], out: Path, records_dir: Path | None = None) -> Path:

@@ -21,14 +21,19 @@ from tqdm import tqdm
 from bench.config import RunConfig, cell_recipe, resolve_device
 from bench.data import ImageInfo, centre_crop, load_image, resolve_image
 from bench.errors import BenchError
-from bench.provenance import provenance
+from bench.hardware import peak_tflops
+from bench.provenance import device_name, provenance
 from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_json_atomic
+from dip.baselines import interpolate_missing
 from dip.masks import bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
 from dip.restore import DivergenceError, RestoreConfig, restore
 from dip.seeding import derived_seed
 from dip.skipnet import SkipNet, SkipNetConfig, check_input_size
 from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
+
+
+PUBLISHED = ("deep_prior", "papyan")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Cell:
     seed: int
     image: np.ndarray  # (h, w) float32 ground truth, cropped
     mask: np.ndarray  # (h, w) float32, 1 = kept
+    published: dict[str, np.ndarray]  # the authors' published DIP and Papyan et al. outputs, cropped alike
     config: dict  # the fully resolved configuration this cell trains with (JSON-ready)
     recipe: RestoreConfig
     path: Path
@@ -64,8 +70,8 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
     infos = [resolve_image(name) for name in config.images]
     cells = []
     for info in infos:
-        ground_truth = load_image(info, "GT", data_dir)
-        image = centre_crop(ground_truth, config.crop)
+        image = centre_crop(load_image(info, "GT", data_dir), config.crop)
+        published = {kind: centre_crop(load_image(info, kind, data_dir), config.crop) for kind in PUBLISHED}
         recipe = cell_recipe(config, device, out_channels=1)
         try:
             check_input_size(*image.shape, recipe.net)
@@ -74,7 +80,7 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
         for seed in config.seeds:
             mask = centre_crop(make_mask(config, info, seed, data_dir), config.crop)
             cfg = cell_config(config, info, seed, device, recipe)
-            cells.append(Cell(info, seed, image, mask, cfg, recipe, record_path(results_dir, info.key, seed)))
+            cells.append(Cell(info, seed, image, mask, published, cfg, recipe, record_path(results_dir, info.key, seed)))
     return cells
 
 
@@ -98,6 +104,15 @@ def gflop_per_iteration(net: SkipNetConfig, height: int, width: int) -> float:
     return count_flops(lambda: SkipNet(net), (1, net.in_channels, height, width)) / 1e9
 
 
+def reference_scores(cell: Cell) -> dict[str, float]:
+    """PSNR of reference rows computed here, on this cell's crop: the authors' published outputs
+    (restored from their own masks) and classical interpolation of the missing pixels (this cell's mask)."""
+    scores = {f"{kind}_published": psnr(cell.image, output) for kind, output in cell.published.items()}
+    for method in ("nearest", "linear"):
+        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(cell.image * cell.mask, cell.mask, method))
+    return scores
+
+
 def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> dict:
     """Train one cell and return its record (not yet written)."""
     reset_peak_memory(device)
@@ -111,7 +126,10 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         callback=callback,
     )
     timing = result.timing
+    best = max(result.curve, key=lambda p: p.psnr)
     gflop = gflop_per_iteration(cell.recipe.net, *cell.image.shape)
+    gflops = gflop / (timing.median_ms_per_iter / 1e3)
+    peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
     memory, memory_kind = peak_memory_bytes(device)
     height, width = cell.image.shape
     return {
@@ -124,14 +142,20 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         "full_size": [cell.info.height, cell.info.width],
         "psnr": psnr(cell.image, result.output),
         "psnr_pasted": psnr_pasted(cell.image, result.output, cell.mask),
+        "psnr_ema": None if result.output_ema is None else psnr(cell.image, result.output_ema),
+        "psnr_best": best.psnr,  # what an oracle early stop at an evaluation point would get
+        "best_iteration": best.iteration,
         "psnr_masked_input": psnr(cell.image, cell.image * cell.mask),
+        "reference_psnr": reference_scores(cell),
         "final_loss": result.final_loss,
         "backtracks": result.backtracks,
         "backtrack_iterations": result.backtrack_iterations,
         "curve": [dataclasses.asdict(p) for p in result.curve],
         "timing": timing.to_dict(),
         "gflop_per_iter": gflop,
-        "gflops_achieved": gflop / (timing.median_ms_per_iter / 1e3),
+        "gflops_achieved": gflops,
+        "device_peak_tflops": peak,  # CUDA only, from bench.hardware's table; None if unknown
+        "peak_fraction": None if peak is None else gflops / (peak * 1e3),
         "peak_memory_bytes": memory,
         "peak_memory_kind": memory_kind,
         "mask_sha256": mask_digest(cell.mask),

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.records import read_json
 
 
 def load_benchmarks(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BenchError(f"cannot read benchmark file {path}: {exc.strerror}") from None
-    except ValueError:
-        raise BenchError(f"benchmark file {path} is not valid JSON") from None
+    data = read_json(path, "benchmark file")
     if not data.get("benchmarks"):
         raise BenchError(f"{path} holds no benchmarks; run 'make speed'")
     return data

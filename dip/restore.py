@@ -41,6 +41,7 @@ class RestoreConfig:
     backtrack_every: int = 50
     backtrack_drop_db: float = 5.0
     eval_every: int = 50  # curve points (loss, PSNRs) every this many iterations; one host sync each
+    ema_decay: float = 0.99  # exponential moving average of the output, a second estimate; 0 = off
     # How the recipe is executed; none of these changes what is computed beyond rounding.
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast; fp16 adds a GradScaler)
     channels_last: bool = False
@@ -63,6 +64,8 @@ class RestoreConfig:
         for name in ("backtrack_every", "eval_every", "timer_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.input_noise_std < 0 or self.input_scale < 0 or self.timer_warmup < 0:
             raise ValueError("input_scale, input_noise_std and timer_warmup must be >= 0")
         if self.cuda_graphs and self.compile:
@@ -80,11 +83,13 @@ class CurvePoint:
     loss: float
     psnr_masked: float  # PSNR of out * m against x * m: what backtracking watches
     psnr: float | None  # PSNR of the raw output against the reference image, if one was given
+    psnr_ema: float | None = None  # the same for the moving average of the outputs
 
 
 @dataclass
 class RestoreResult:
     output: np.ndarray  # (H, W) or (H, W, C), float32 in [0, 1]
+    output_ema: np.ndarray | None  # moving average of the training outputs (None if ema_decay is 0)
     curve: list[CurvePoint]
     final_loss: float
     backtracks: int
@@ -172,8 +177,8 @@ class Trainer:
         if self.config.compile:
             return torch.compile(net)
         if self.config.cuda_graphs:
-            # Capture after a few eager warm-up steps on a side stream, as make_graphed_callables asks;
-            # autocast's weight-cast cache must be off inside captured regions.
+            # make_graphed_callables warms up on a side stream, then captures forward and backward;
+            # autocast's weight-cast cache must be off inside captured regions. Not run on a GPU yet.
             with autocast_context(self.device, self.config.precision, cache_enabled=False):
                 return torch.cuda.make_graphed_callables(net, (self.net_input,))
         return net
@@ -242,9 +247,12 @@ def restore(
 
     timer = IterationTimer(device, warmup=min(config.timer_warmup, config.iterations - 1), window=config.timer_window)
     timer.start()
+    ema: torch.Tensor | None = None  # (1, C, H, W), updated on the device without syncs
     for i in range(config.iterations):
         out, loss = trainer.forward_backward()
         losses[i] = loss
+        if config.ema_decay > 0:
+            ema = out.detach().clone() if ema is None else ema.lerp_(out.detach(), 1.0 - config.ema_decay)
         at_check = config.backtracking and i % config.backtrack_every == 0
         at_eval = i % config.eval_every == 0 or i == config.iterations - 1
         point = None
@@ -258,8 +266,11 @@ def restore(
                 else:
                     kept, kept_psnr = trainer.kept_parameters(), psnr_masked
             if at_eval:
-                psnr = None if ref is None else psnr_from_mse(F.mse_loss(out.detach(), ref).item())
-                point = CurvePoint(i, loss_value, psnr_masked, psnr)
+                psnr = psnr_ema = None
+                if ref is not None:
+                    psnr = psnr_from_mse(F.mse_loss(out.detach(), ref).item())
+                    psnr_ema = None if ema is None else psnr_from_mse(F.mse_loss(ema, ref).item())
+                point = CurvePoint(i, loss_value, psnr_masked, psnr, psnr_ema)
                 curve.append(point)
         # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
         trainer.optimizer_step()
@@ -273,6 +284,7 @@ def restore(
         raise DivergenceError("the network's final output is not finite")
     return RestoreResult(
         output=to_numpy(final),
+        output_ema=None if ema is None else to_numpy(ema),
         curve=curve,
         final_loss=float(losses[-1]),
         backtracks=len(backtrack_iterations),

@@ -42,8 +42,10 @@ def test_missing_data_dir(results, tmp_path, capsys):
 def test_corrupt_image_file_stops_before_training(results, tmp_path, data_dir, capsys):
     bad = tmp_path / "data"
     bad.mkdir()
-    for name in ("house_GT.png", "Cameraman256_GT.png", "peppers256_GT.png"):
-        (bad / name).write_bytes((data_dir / name).read_bytes())
+    for stem in ("house", "Cameraman256", "peppers256"):
+        for kind in ("GT", "deep_prior", "papyan"):
+            name = f"{stem}_{kind}.png"
+            (bad / name).write_bytes((data_dir / name).read_bytes())
     (bad / "peppers256_GT.png").write_bytes(b"\x89PNG garbage")
     code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(bad)])
     assert code == 2 and "peppers256_GT.png: sha256" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from bench.config import (
     build_config,
     cell_recipe,
     cpu_has_fast_bf16,
+    execution_path,
     parse_int_list,
     resolve_precision,
 )
@@ -123,3 +124,11 @@ def test_explicit_flags_override_the_paths_choice():
 def test_unknown_path():
     with pytest.raises(BenchError, match="unknown path 'turbo'"):
         build_config("smoke", parse("--path", "turbo"))
+
+
+def test_execution_path_is_read_off_the_resolved_recipe():
+    cpu = torch.device("cpu")
+    reference = cell_recipe(build_config("smoke", parse("--path", "reference")), cpu, 1).to_dict()
+    assert execution_path(reference) == "reference"
+    assert execution_path({**reference, "fused_adam": True}) == "fast"
+    assert execution_path(cell_recipe(PROFILES["smoke"], cpu, 1).to_dict()) == "fast"  # fused Adam at least

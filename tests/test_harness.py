@@ -6,7 +6,7 @@ import json
 import pytest
 
 import bench.runner
-from bench.config import PROFILES, build_config
+from bench.config import PROFILES, build_config, execution_path
 from bench.errors import BenchError
 from bench.records import read_record
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
@@ -29,6 +29,9 @@ def test_record_has_results_timing_config_and_provenance(tmp_path, data_dir):
     assert record["gflop_per_iter"] == pytest.approx(7.182319616)
     assert record["gflops_achieved"] > 0 and record["peak_memory_bytes"] > 0
     assert abs(record["keep_fraction"] - 0.5) < 0.05 and len(record["mask_sha256"]) == 64
+    ref = record["reference_psnr"]
+    assert ref["interp_linear"] > record["psnr_masked_input"] + 10
+    assert ref["deep_prior_published"] > ref["interp_nearest"]
     assert record["config"]["recipe"]["iterations"] == 12 and record["config"]["recipe"]["precision"] in ("fp32", "bf16")
     prov = record["provenance"]
     assert {"commit", "dirty", "torch", "device_name", "cpu_model", "torch_threads"} <= prov.keys()
@@ -86,7 +89,8 @@ def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, t
 def test_fast_path_keeps_psnr_parity_with_the_reference_path(smoke_fast, tmp_path, data_dir):
     """Every smoke image: the fast path's PSNR within 0.3 dB of the reference path's."""
     reference = run(build_config("smoke", {"run.path": "reference"}), data_dir, tmp_path, progress=False)
-    assert reference[0]["config"]["recipe"]["precision"] == "fp32"
+    assert execution_path(reference[0]["config"]["recipe"]) == "reference"
+    assert execution_path(smoke_fast[0]["config"]["recipe"]) == "fast"
     for fast, ref in zip(smoke_fast, reference):
         assert fast["image"] == ref["image"]
         assert abs(fast["psnr"] - ref["psnr"]) <= 0.3, (fast["image"], fast["psnr"], ref["psnr"])

@@ -154,6 +154,37 @@ def test_side_by_side_comparison_of_two_paths():
         r["config"]["recipe"].update(precision="fp32", channels_last=False, fused_adam=False)
     text = side_by_side(fast, reference, "fast", "reference")
     assert "differ only in: recipe.channels_last, recipe.fused_adam, recipe.precision" in text
+    assert "- fast: path fast, bf16" in text and "- reference: path reference, fp32" in text
     house = next(line for line in text.splitlines() if line.startswith("| House"))
     assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "30.50", "30.25", "+0.25", "90.0", "225.0", "2.50x"]
     assert "Mean Δ PSNR +0.25 dB, largest |Δ| 0.25 dB over 3 images" in text
+
+
+def test_bad_baseline_files_are_one_line_errors(tmp_path):
+    from bench.check import load_baseline
+
+    with pytest.raises(BenchError, match="cannot read baseline"):
+        load_baseline(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(BenchError, match="is not valid JSON"):
+        load_baseline(tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(BenchError, match="lacks 'config' and 'psnr'"):
+        load_baseline(tmp_path / "empty.json")
+
+
+def test_extra_table_appears_when_records_computed_it():
+    records = copy.deepcopy(RECORDS)
+    for i, r in enumerate(records):
+        r["reference_psnr"] = {"interp_linear": 25.0 + i, "interp_nearest": 22.0, "deep_prior_published": 33.0, "papyan_published": 31.0}
+        r |= {"psnr_best": r["psnr"] + 0.5, "best_iteration": 400 + 100 * i, "psnr_ema": r["psnr"] + 0.25}
+    text = render(records)
+    assert "## Second estimates and reference rows computed here" in text
+    extra = text[text.index("## Second estimates"):]
+    header = next(line for line in extra.splitlines() if line.startswith("| Image"))
+    assert [c.strip() for c in header.split("|")[1:-1]] == [
+        "Image", "Best (oracle stop)", "at iter.", "EMA of output", "Interp. nearest", "Interp. linear", "DIP published", "Papyan published"]
+    house = next(line for line in extra.splitlines() if line.startswith("| House"))
+    # house has seeds 0 and 1: PSNR 30 and 31 -> best 31.0, at iterations 400 and 500 -> median 450
+    assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "31.00", "450", "30.75", "22.00", "25.50", "33.00", "31.00"]
+    assert "## Second estimates" not in render(RECORDS)  # older records: no such table

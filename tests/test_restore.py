@@ -119,3 +119,22 @@ def test_weights_and_input_do_not_depend_on_the_device_generator_state(house64):
     torch.rand(1000)
     np.random.rand(10)
     np.testing.assert_array_equal(a, restore(image, mask, config, seed=5).output)
+
+
+def test_ema_is_the_moving_average_of_the_outputs(house64):
+    """With decay 0.5 over 2 steps the EMA is (out_0 + out_1) / 2; the curve carries its PSNR."""
+    image, mask = house64
+    config = RestoreConfig(iterations=2, ema_decay=0.5, eval_every=1, net=TINY_NET)
+    seen = []
+    result = restore(image, mask, config, seed=0, reference=image)
+    assert result.output_ema is not None and result.curve[-1].psnr_ema is not None
+    # replay the two training outputs with the same seed: the EMA must equal their mean
+    from dip.restore import Trainer, to_numpy
+
+    trainer = Trainer(image, mask, config, seed=0, device=torch.device("cpu"))
+    for _ in range(2):
+        out, _ = trainer.forward_backward()
+        seen.append(to_numpy(out))
+        trainer.optimizer_step()
+    np.testing.assert_allclose(result.output_ema, (seen[0] + seen[1]) / 2, rtol=1e-6, atol=1e-7)
+    assert restore(image, mask, dataclasses.replace(config, ema_decay=0.0), seed=0).output_ema is None

@@ -19,9 +19,17 @@ from dip.restore import RestoreConfig, Trainer
 from dip.seeding import derived_seed
 
 
+# Variants timed by the benchmark suite: the two paths, and the fast path with opt-in switches.
+VARIANTS = {
+    "reference": {"run.path": "reference"},
+    "fast": {"run.path": "fast"},
+    "fast+compile": {"run.path": "fast", "recipe.compile": True},
+}
+
+
 def path_recipe(path: str, device: torch.device, base: str = "paper") -> RestoreConfig:
-    """The paper recipe as the given path ("reference" or "fast") would run it on ``device``."""
-    return cell_recipe(build_config(base, {"run.path": path}), device, out_channels=1)
+    """The paper recipe as the given variant of :data:`VARIANTS` would run it on ``device``."""
+    return cell_recipe(build_config(base, VARIANTS[path]), device, out_channels=1)
 
 
 def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> Trainer:

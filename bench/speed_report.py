@@ -22,6 +22,8 @@ def speed_table(data: dict) -> pd.DataFrame:
     rows: dict[int, dict] = {}
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
+        if info["path"] not in ("reference", "fast"):
+            continue  # opt-in variants: see variant_rows
         ms = bench["stats"]["median"] * 1e3
         row = rows.setdefault(info["size"], {"size": f"{info['size']}x{info['size']}"})
         row[f"{info['path']}_ms"] = ms
@@ -34,6 +36,23 @@ def speed_table(data: dict) -> pd.DataFrame:
     frame = pd.DataFrame([rows[s] for s in sorted(rows)])
     frame["ratio"] = frame["reference_ms"] / frame["fast_ms"]
     return frame
+
+
+def variant_rows(data: dict, frame: pd.DataFrame) -> list[str]:
+    """One line per opt-in variant (e.g. torch.compile): its median time against the fast path's."""
+    fast_ms = dict(zip(frame["size"], frame["fast_ms"]))
+    lines = []
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info["path"] in ("reference", "fast"):
+            continue
+        size = f"{info['size']}x{info['size']}"
+        ms = bench["stats"]["median"] * 1e3
+        lines.append(
+            f"- `{info['path']}` at {size}: {ms:.1f} ms/iter, {fast_ms[size] / ms:.2f}x the fast path's speed "
+            f"(median of {bench['stats']['rounds']} rounds after 2 warm-up rounds, which include compilation)"
+        )
+    return lines
 
 
 def markdown_speed(frame: pd.DataFrame) -> str:
@@ -82,6 +101,9 @@ def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int)
         "",
         markdown_speed(frame),
     ]
+    variants = variant_rows(data, frame)
+    if variants:
+        lines += ["", "Opt-in switches, kept off by default unless faster:", "", *variants]
     for path, rows in profiles.items():
         lines += [
             "",

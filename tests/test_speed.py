@@ -27,6 +27,7 @@ DATA = {
         fake_benchmark("fast", 256, 0.4, 115.0),
         fake_benchmark("reference", 128, 0.25, 28.75),
         fake_benchmark("fast", 128, 0.125, 28.75),
+        fake_benchmark("fast+compile", 128, 0.25, 28.75),
     ],
 }
 
@@ -42,6 +43,7 @@ def test_speed_report_text():
     profiles = {"fast": [{"operator": "aten::conv2d", "ms_per_step": 12.5, "share": 0.25, "calls_per_step": 40}]}
     text = render_speed(DATA, profiles, 256)
     assert "| 256x256 |" in text and "3.00x" in text and "Test CPU" in text and "0123456789ab" in text
+    assert "- `fast+compile` at 128x128: 250.0 ms/iter, 0.50x the fast path's speed" in text
     row = next(line for line in text.splitlines() if "aten::conv2d" in line)
     assert [c.strip() for c in row.split("|")[1:-1]] == ["aten::conv2d", "12.5", "25.0%", "40"]
 

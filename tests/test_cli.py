@@ -86,3 +86,15 @@ def test_human_duration():
     assert human_duration(42) == "42 s"
     assert human_duration(660) == "11 min"
     assert human_duration(3 * 3600) == "3.0 h"
+
+
+def test_cpu_machine_runs_quick_and_says_what_paper_would_cost(monkeypatch, capsys):
+    import bench.cli
+
+    monkeypatch.setattr(bench.cli.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench.cli, "measure_ms_per_iter", lambda config: {(256, 256): 250.0, (512, 512): 1000.0})
+    args = bench.cli.build_parser().parse_args(["run"])
+    assert bench.cli.choose_profile(args) == "quick"
+    line = capsys.readouterr().out.strip()
+    # 4 images at 256 and 7 at 512: (4 * 0.25 + 7 * 1.0) s x 11000 iterations = 88000 s
+    assert line.count("\n") == 0 and "'python -m bench run --profile paper'" in line and "about 24.4 h" in line

@@ -27,7 +27,7 @@ from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_json
 from dip.baselines import interpolate_missing
 from dip.masks import bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
-from dip.restore import DivergenceError, RestoreConfig, restore
+from dip.restore import DivergenceError, RestoreConfig, check_device, restore
 from dip.seeding import derived_seed
 from dip.skipnet import SkipNet, SkipNetConfig, check_input_size
 from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
@@ -75,6 +75,7 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
         recipe = cell_recipe(config, device, out_channels=1)
         try:
             check_input_size(*image.shape, recipe.net)
+            check_device(recipe, device)
         except ValueError as exc:
             raise BenchError(f"{info.key}: {exc}") from None
         for seed in config.seeds:

@@ -123,6 +123,13 @@ def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(mse) if mse > 0 else math.inf
 
 
+def check_device(config: RestoreConfig, device: torch.device) -> None:
+    """Raise ValueError if ``config`` asks for CUDA-only execution switches on another device."""
+    cuda_only = [name for name in ("tf32", "cudnn_benchmark", "cuda_graphs") if getattr(config, name)]
+    if device.type != "cuda" and cuda_only:
+        raise ValueError(f"{', '.join(cuda_only)} need{'s' if len(cuda_only) == 1 else ''} a CUDA device")
+
+
 class Trainer:
     """The state of one restoration and its training step, split where backtracking acts.
 
@@ -141,9 +148,7 @@ class Trainer:
         if channels != config.net.out_channels:
             raise ValueError(f"image has {channels} channels, the network outputs {config.net.out_channels}")
         check_input_size(height, width, config.net)
-        cuda_only = [name for name in ("tf32", "cudnn_benchmark", "cuda_graphs") if getattr(config, name)]
-        if device.type != "cuda" and cuda_only:
-            raise ValueError(f"{', '.join(cuda_only)} need a CUDA device")
+        check_device(config, device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
             torch.backends.cudnn.allow_tf32 = config.tf32

@@ -34,6 +34,15 @@ def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data
     assert not results.exists() or not any(results.iterdir())
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA switches are valid here")
+@pytest.mark.parametrize("flags", [["--cuda-graphs"], ["--tf32", "--cudnn-benchmark"]])
+def test_cuda_switches_on_a_cpu_are_refused_before_training(flags, results, data_dir, capsys):
+    code = main(["run", "--profile", "smoke", "--device", "cpu", "--results-dir", str(results), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and "a CUDA device" in err and err.count("\n") == 1
+    assert not results.exists()
+
+
 def test_missing_data_dir(results, tmp_path, capsys):
     code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(tmp_path / "none")])
     assert code == 2 and "does not exist" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic, write_text_atomic
 from bench.report import render, write_report
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
+from dip.skipnet import SkipNetConfig, check_input_size
 
 RUNS_DIR = REPO_ROOT / "runs"
 REPORTS_DIR = REPO_ROOT / "reports"
@@ -196,11 +197,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_size(size: int) -> None:
+    """The paper network must be able to take a size x size image."""
+    try:
+        check_input_size(size, size, SkipNetConfig())
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
 def cmd_speed(args: argparse.Namespace) -> int:
     from bench.speed import measure_ratio
 
     if args.rounds < 1 or args.steps < 1:
         raise BenchError("--rounds and --steps must be >= 1")
+    check_size(args.size)
     m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device)
     print(
         f"{m.size}x{m.size}: reference ({m.reference_precision}) {m.reference_s * 1e3:.0f} ms/iter, "
@@ -217,6 +227,7 @@ def cmd_speed_report(args: argparse.Namespace) -> int:
     from bench.speed import operator_profile
     from bench.speed_report import load_benchmarks, render_speed
 
+    check_size(args.profile_size)
     data = load_benchmarks(args.json)
     profiles = {path: operator_profile(path, args.profile_size, device=args.device) for path in ("reference", "fast")}
     text = render_speed(data, profiles, args.profile_size)

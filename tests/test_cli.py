@@ -107,3 +107,8 @@ def test_cpu_machine_runs_quick_and_says_what_paper_would_cost(monkeypatch, caps
     line = capsys.readouterr().out.strip()
     # 4 images at 256 and 7 at 512: (4 * 0.25 + 7 * 1.0) s x 11000 iterations = 88000 s
     assert line.count("\n") == 0 and "'python -m bench run --profile paper'" in line and "about 24.4 h" in line
+
+
+def test_speed_size_the_network_cannot_take(capsys):
+    assert main(["speed", "--size", "100"]) == 2
+    assert "multiples of 32" in capsys.readouterr().err

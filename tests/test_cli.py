@@ -37,7 +37,7 @@ def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA switches are valid here")
 @pytest.mark.parametrize("flags", [["--cuda-graphs"], ["--tf32", "--cudnn-benchmark"]])
 def test_cuda_switches_on_a_cpu_are_refused_before_training(flags, results, data_dir, capsys):
-    code = main(["run", "--profile", "smoke", "--device", "cpu", "--results-dir", str(results), *flags])
+    code = main(["run", "--profile", "smoke", "--device", "cpu", "--data-dir", str(data_dir), "--results-dir", str(results), *flags])
     err = capsys.readouterr().err
     assert code == 2 and "a CUDA device" in err and err.count("\n") == 1
     assert not results.exists()

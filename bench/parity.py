@@ -7,7 +7,7 @@ import pandas as pd
 from bench.check import per_image_psnr
 from bench.config import execution_path
 from bench.data import load_images
-from bench.report import config_diff, shared_config
+from bench.report import commit_labels, config_diff, shared_config
 
 
 def median_ms(records: list[dict], image: str) -> float:
@@ -37,7 +37,7 @@ def side_by_side(a: list[dict], b: list[dict], label_a: str, label_b: str) -> st
     deltas = [psnr_a[k] - psnr_b[k] for k in psnr_a if k in psnr_b]
     config_a, config_b = shared_config(a), shared_config(b)
     recipe_a, recipe_b = config_a["recipe"], config_b["recipe"]
-    commits = sorted({(r["provenance"]["commit"] or "unknown")[:12] + ("-dirty" if r["provenance"]["dirty"] else "") for r in a + b})
+    commits = commit_labels(a + b)
     header = [
         f"# {label_a} vs {label_b}: profile `{config_a['profile']}`",
         "",

@@ -60,6 +60,8 @@ def summarise(records: list[dict]) -> pd.DataFrame:
                 "seed_repro": info.seed_repro,
                 "psnr_mean": float(values.mean()),
                 "psnr_std": std,
+                "psnr_min": float(values.min()),
+                "psnr_max": float(values.max()),
                 "n": len(values),
                 "delta": float(values.mean()) - info.dip_paper,
                 "psnr_pasted": float(mine["psnr_pasted"].mean()),
@@ -72,7 +74,7 @@ def summarise(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Second estimates and reference rows that records since commit "reference rows" compute: mean over seeds.
+# Second estimates and reference rows (in records written since commit ff410b6), as means over seeds.
 EXTRA_COLUMNS = {
     "psnr_best": "Best (oracle stop)",
     "psnr_ema": "EMA of output",
@@ -156,14 +158,23 @@ def markdown_table(summary: pd.DataFrame) -> str:
         "Backtracks": str(int(summary["backtracks"].sum())),
         "Device": "",
     }
+    if summary["n"].max() > 1:  # several seeds: show their range next to n
+        table.insert(7, "Min to max", [f"{lo:.2f} to {hi:.2f}" for lo, hi in zip(summary["psnr_min"], summary["psnr_max"])])
+        mean_row["Min to max"] = f"{summary['psnr_min'].min():.2f} to {summary['psnr_max'].max():.2f}"
     table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
-    return table.to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * 9 + ["left"])
+    colalign = ["left", "left"] + ["right"] * (len(table.columns) - 3) + ["left"]
+    return table.to_markdown(index=False, disable_numparse=True, colalign=colalign)
+
+
+def commit_labels(records: list[dict]) -> list[str]:
+    """The distinct commits the records were run at, short, marked -dirty where the tree was."""
+    return sorted({(r["provenance"]["commit"] or "unknown")[:12] + ("-dirty" if r["provenance"]["dirty"] else "") for r in records})
 
 
 def header(records: list[dict], config: dict) -> str:
     recipe = config["recipe"]
     prov = records[0]["provenance"]
-    commits = sorted({(r["provenance"]["commit"] or "unknown")[:12] + ("-dirty" if r["provenance"]["dirty"] else "") for r in records})
+    commits = commit_labels(records)
     dates = sorted(r["provenance"]["timestamp"] for r in records)
     seeds_per_image = {key: sum(1 for r in records if r["image"] == key) for key in dict.fromkeys(r["image"] for r in records)}
     mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
@@ -198,7 +209,8 @@ def _span(counts) -> str:
 LEGEND = """\
 Columns: *Papyan et al.*, *DIP (Table 1)*: the paper's Table 1 (dB). *Seed repro.*: the independent
 reproduction by Peschl et al. *This run*: PSNR of the raw network output against the ground truth
-(whole image or crop, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds.
+(whole image or crop, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds
+and, with several, their *min to max* (the mean row: over all records).
 *Δ*: this run's mean minus Table 1's DIP value. *Paste-back*: PSNR after the observed pixels are
 copied into the output. *ms/iter*: median time of one training iteration (warm-up excluded).
 *Backtracks*: times the parameters were restored after a >5 dB drop, summed over seeds."""

@@ -70,8 +70,9 @@ def test_report_content():
     cells = [c.strip() for c in house.split("|")]
     assert cells[6] == "30.50 ± 0.71"  # mean and sample std of 30.0 and 31.0
     assert cells[7] == "2"  # n
-    assert cells[8] == "-8.66"  # 30.50 - 39.16 (Table 1)
-    assert cells[10] == "90.0"  # median of the per-seed ms/iter
+    assert cells[8] == "30.00 to 31.00"  # several seeds somewhere: their range is shown
+    assert cells[9] == "-8.66"  # 30.50 - 39.16 (Table 1)
+    assert cells[11] == "90.0"  # median of the per-seed ms/iter
     assert "Not comparable to Table 1" in text
     # Table 1 order: Barbara before House before C.man
     assert text.index("| Barbara") < text.index("| House") < text.index("| C.man")
@@ -188,3 +189,7 @@ def test_extra_table_appears_when_records_computed_it():
     # house has seeds 0 and 1: PSNR 30 and 31 -> best 31.0, at iterations 400 and 500 -> median 450
     assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "31.00", "450", "30.75", "22.00", "25.50", "33.00", "31.00"]
     assert "## Second estimates" not in render(RECORDS)  # older records: no such table
+
+
+def test_single_seed_runs_have_no_range_column():
+    assert "Min to max" not in render([r for r in RECORDS if r["seed"] == 0])

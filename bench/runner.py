@@ -50,13 +50,6 @@ class Cell:
     path: Path
 
 
-def make_mask(config: RunConfig, info: ImageInfo, seed: int, data_dir: Path) -> np.ndarray:
-    """Full-size mask; crops take the same window of it, so a crop's mask is the full mask's."""
-    if config.mask == "paper":
-        return paper_mask(load_image(info, "masked", data_dir))
-    return bernoulli_mask((info.height, info.width), config.keep, seed=seed, name=info.key)
-
-
 def cell_config(config: RunConfig, info: ImageInfo, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
     fields = {"profile": config.profile, "image": info.key, "seed": seed, "crop": config.crop, "mask": config.mask}
     if config.mask == "bernoulli":
@@ -68,18 +61,22 @@ def cell_config(config: RunConfig, info: ImageInfo, seed: int, device: torch.dev
 def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: torch.device) -> list[Cell]:
     """Load, verify and check every cell up front; raises BenchError on the first problem."""
     infos = [resolve_image(name) for name in config.images]
+    recipe = cell_recipe(config, device, out_channels=1)
     cells = []
     for info in infos:
         image = centre_crop(load_image(info, "GT", data_dir), config.crop)
         published = {kind: centre_crop(load_image(info, kind, data_dir), config.crop) for kind in PUBLISHED}
-        recipe = cell_recipe(config, device, out_channels=1)
         try:
             check_input_size(*image.shape, recipe.net)
             check_device(recipe, device)
         except ValueError as exc:
             raise BenchError(f"{info.key}: {exc}") from None
+        full_mask = paper_mask(load_image(info, "masked", data_dir)) if config.mask == "paper" else None
         for seed in config.seeds:
-            mask = centre_crop(make_mask(config, info, seed, data_dir), config.crop)
+            if config.mask == "bernoulli":
+                full_mask = bernoulli_mask((info.height, info.width), config.keep, seed=seed, name=info.key)
+            # Drawn at full size, then cropped: a crop's mask is the same window of the full mask.
+            mask = centre_crop(full_mask, config.crop)
             cfg = cell_config(config, info, seed, device, recipe)
             cells.append(Cell(info, seed, image, mask, published, cfg, recipe, record_path(results_dir, info.key, seed)))
     return cells

@@ -99,6 +99,11 @@ def results_dir_of(args: argparse.Namespace) -> Path:
     return RUNS_DIR / args.profile
 
 
+def published_paths(profile: str) -> tuple[Path, Path]:
+    """Where a profile's published report goes, and the snapshot of its records beside it."""
+    return REPORTS_DIR / f"{profile}.md", REPORTS_DIR / profile / "records"
+
+
 def config_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k}
 
@@ -135,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
     report_path = write_report(records, results_dir / "report.md")
     if args.publish:
-        report_path = write_report(records, REPORTS_DIR / f"{profile}.md", REPORTS_DIR / profile / "records")
+        report_path = write_report(records, *published_paths(profile))
     print(render(records))
     print(f"Report written to {report_path}")
     return 0
@@ -146,7 +151,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     records = load_records(results_dir)
     if args.out is None:
         name = args.profile or records[0]["config"]["profile"]
-        out, snapshot = REPORTS_DIR / f"{name}.md", REPORTS_DIR / name / "records"
+        out, snapshot = published_paths(name)
     else:
         out, snapshot = args.out, args.out.with_suffix("") / "records"
     if snapshot.resolve() == results_dir.resolve():

@@ -4,37 +4,26 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.check import per_image_psnr
 from bench.config import execution_path
-from bench.data import load_images
-from bench.report import commit_labels, config_diff, shared_config
-
-
-def median_ms(records: list[dict], image: str) -> float:
-    return float(pd.Series([r["timing"]["median_ms_per_iter"] for r in records if r["image"] == image]).median())
+from bench.report import commit_labels, config_diff, shared_config, summarise
 
 
 def side_by_side(a: list[dict], b: list[dict], label_a: str, label_b: str) -> str:
     """Markdown: per image, PSNR of each run, their difference, ms/iter of each and the speed-up of a over b."""
-    psnr_a, psnr_b = per_image_psnr(a), per_image_psnr(b)
-    rows = []
-    for key, info in load_images().items():
-        if key not in psnr_a or key not in psnr_b:
-            continue
-        ms_a, ms_b = median_ms(a, key), median_ms(b, key)
-        rows.append(
-            {
-                "Image": info.name,
-                f"PSNR {label_a}": f"{psnr_a[key]:.2f}",
-                f"PSNR {label_b}": f"{psnr_b[key]:.2f}",
-                "Δ PSNR": f"{psnr_a[key] - psnr_b[key]:+.2f}",
-                f"ms/iter {label_a}": f"{ms_a:.1f}",
-                f"ms/iter {label_b}": f"{ms_b:.1f}",
-                "Speed-up": f"{ms_b / ms_a:.2f}x",
-            }
-        )
-    table = pd.DataFrame(rows)
-    deltas = [psnr_a[k] - psnr_b[k] for k in psnr_a if k in psnr_b]
+    # The report's per-image summary (mean PSNR over seeds, median ms/iter), joined in Table 1's order.
+    both = summarise(a).merge(summarise(b), on="image", suffixes=("_a", "_b"))
+    deltas = both["psnr_mean_a"] - both["psnr_mean_b"]
+    table = pd.DataFrame(
+        {
+            "Image": both["image"],
+            f"PSNR {label_a}": both["psnr_mean_a"].map("{:.2f}".format),
+            f"PSNR {label_b}": both["psnr_mean_b"].map("{:.2f}".format),
+            "Δ PSNR": deltas.map("{:+.2f}".format),
+            f"ms/iter {label_a}": both["ms_per_iter_a"].map("{:.1f}".format),
+            f"ms/iter {label_b}": both["ms_per_iter_b"].map("{:.1f}".format),
+            "Speed-up": (both["ms_per_iter_b"] / both["ms_per_iter_a"]).map("{:.2f}x".format),
+        }
+    )
     config_a, config_b = shared_config(a), shared_config(b)
     recipe_a, recipe_b = config_a["recipe"], config_b["recipe"]
     commits = commit_labels(a + b)
@@ -45,7 +34,7 @@ def side_by_side(a: list[dict], b: list[dict], label_a: str, label_b: str) -> st
         f"- {label_b}: path {execution_path(recipe_b)}, {recipe_b['precision']}, channels_last {recipe_b['channels_last']}, fused Adam {recipe_b['fused_adam']}",
         f"- Configurations differ only in: {', '.join(config_diff(config_a, config_b)) or 'nothing'}",
         f"- Device: {a[0]['provenance']['device_name']}; commits: {', '.join(commits)}",
-        f"- Mean Δ PSNR {sum(deltas) / len(deltas):+.2f} dB, largest |Δ| {max(abs(d) for d in deltas):.2f} dB over {len(deltas)} images",
+        f"- Mean Δ PSNR {deltas.mean():+.2f} dB, largest |Δ| {deltas.abs().max():.2f} dB over {len(deltas)} images",
     ]
     markdown = table.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * 6)
     return "\n".join(header) + "\n\n" + markdown + "\n"

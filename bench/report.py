@@ -74,23 +74,24 @@ def summarise(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Second estimates and reference rows (in records written since commit ff410b6), as means over seeds.
-EXTRA_COLUMNS = {
-    "psnr_best": "Best (oracle stop)",
-    "psnr_ema": "EMA of output",
+# Second estimates (top-level record fields) and reference rows (in record["reference_psnr"]),
+# written since commit ff410b6; the report shows their means over seeds.
+ESTIMATE_COLUMNS = {"psnr_best": "Best (oracle stop)", "psnr_ema": "EMA of output"}
+REFERENCE_ROW_COLUMNS = {
     "interp_nearest": "Interp. nearest",
     "interp_linear": "Interp. linear",
     "deep_prior_published": "DIP published",
     "papyan_published": "Papyan published",
 }
+EXTRA_COLUMNS = ESTIMATE_COLUMNS | REFERENCE_ROW_COLUMNS
 
 
 def _extra_means(mine: pd.DataFrame) -> dict[str, float]:
     """Means over seeds of the extra estimates, when every record of the image has them."""
     if "reference_psnr" not in mine or mine["reference_psnr"].isna().any() or mine["psnr_ema"].isna().any():
         return {}
-    values = {key: [r[key] for r in mine["reference_psnr"]] for key in list(EXTRA_COLUMNS)[2:]}
-    values |= {"psnr_best": list(mine["psnr_best"]), "psnr_ema": list(mine["psnr_ema"])}
+    values = {key: [r[key] for r in mine["reference_psnr"]] for key in REFERENCE_ROW_COLUMNS}
+    values |= {key: list(mine[key]) for key in ESTIMATE_COLUMNS}
     means = {key: float(np.mean(v)) for key, v in values.items()}
     means["best_iteration"] = float(np.median(mine["best_iteration"]))
     return means

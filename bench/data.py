@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +156,42 @@ def read_gray(path: Path) -> np.ndarray:
             return np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
         raise BenchError(f"{path}: not a readable image ({type(exc).__name__})") from None
+
+
+def read_any_image(path: Path) -> np.ndarray:
+    """A user's image file as float32 in [0, 1]: (H, W) for grayscale modes, (H, W, 3) for colour.
+
+    Grayscale: 1, L, LA (alpha dropped), I;16 and I (16-bit, divided by 65535). Colour: RGB, RGBA
+    (alpha dropped), P (palette), CMYK, YCbCr, converted to RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in ("1", "L", "LA"):
+                return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+            if mode.startswith("I;16") or mode == "I":
+                array = np.asarray(image, dtype=np.float64)
+                if array.min() < 0 or array.max() > 65535:
+                    raise BenchError(f"{path}: mode {mode} values outside 0..65535")
+                return (array / 65535.0).astype(np.float32)
+            if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr"):
+                return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise BenchError(f"{path}: not a readable image ({type(exc).__name__})") from None
+    raise BenchError(f"{path}: image mode {mode} is not supported; use an 8/16-bit grayscale or RGB PNG/JPEG")
+
+
+def file_image_info(path: Path, array: np.ndarray) -> ImageInfo:
+    """An :class:`ImageInfo` for a file outside the manifest: no Table 1 values (NaN)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", Path(path).stem.lower()).strip("-") or "image"
+    height, width = array.shape[:2]
+    nan = math.nan
+    return ImageInfo(key=f"file-{slug}", stem=str(path), name=Path(path).name, width=width, height=height,
+                     papyan=nan, dip_paper=nan, seed_repro=nan)
 
 
 def load_image(info: ImageInfo, kind: str, directory: Path) -> np.ndarray:

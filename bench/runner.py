@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from bench.config import RunConfig, cell_recipe, resolve_device
-from bench.data import ImageInfo, centre_crop, load_image, resolve_image
+from bench.data import ImageInfo, centre_crop, file_image_info, load_image, read_any_image, resolve_image, sha256_of
 from bench.errors import BenchError
+from bench.figures import observed, write_panel
 from bench.hardware import peak_tflops
 from bench.provenance import device_name, provenance
 from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_json_atomic
@@ -29,11 +30,22 @@ from dip.masks import bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
 from dip.restore import DivergenceError, RestoreConfig, check_device, restore
 from dip.seeding import derived_seed
-from dip.skipnet import SkipNet, SkipNetConfig, check_input_size
+from dip.skipnet import SkipNetConfig, build_network, check_input_size
 from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
 
 
 PUBLISHED = ("deep_prior", "papyan")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image to restore, loaded, verified and cropped: a Table 1 image or a user's file."""
+
+    info: ImageInfo
+    image: np.ndarray  # (h, w) or (h, w, 3) float32 ground truth, cropped
+    published: dict[str, np.ndarray]  # the authors' published DIP and Papyan et al. outputs, cropped alike
+    published_mask: np.ndarray | None  # the paper's full-size mask (Table 1 images only)
+    origin: dict  # where a user's file came from ({"file": ..., "file_sha256": ...}); {} for Table 1 images
 
 
 @dataclass(frozen=True)
@@ -42,43 +54,69 @@ class Cell:
 
     info: ImageInfo
     seed: int
-    image: np.ndarray  # (h, w) float32 ground truth, cropped
+    image: np.ndarray  # (h, w) or (h, w, 3) float32 ground truth, cropped
     mask: np.ndarray  # (h, w) float32, 1 = kept
-    published: dict[str, np.ndarray]  # the authors' published DIP and Papyan et al. outputs, cropped alike
+    published: dict[str, np.ndarray]
     config: dict  # the fully resolved configuration this cell trains with (JSON-ready)
     recipe: RestoreConfig
     path: Path
 
+    @property
+    def panel_path(self) -> Path:
+        return self.path.parent / PANELS_DIR / self.path.with_suffix(".png").name
 
-def cell_config(config: RunConfig, info: ImageInfo, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
-    fields = {"profile": config.profile, "image": info.key, "seed": seed, "crop": config.crop, "mask": config.mask}
+
+PANELS_DIR = "panels"  # beside the records, in the results directory (git-ignored: the test images)
+
+
+def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
+    fields = {"profile": config.profile, "image": source.info.key, **source.origin, "seed": seed, "crop": config.crop,
+              "mask": config.mask}
     if config.mask == "bernoulli":
         fields["keep"] = config.keep
-    fields |= {"device": str(device), "recipe": recipe.to_dict()}
+    fields |= {"device": str(device), "recipe_name": config.recipe_name, "recipe": recipe.to_dict()}
     return json.loads(json.dumps(fields))  # tuples -> lists, as a stored record has them
+
+
+def table_source(info: ImageInfo, config: RunConfig, data_dir: Path) -> Source:
+    image = centre_crop(load_image(info, "GT", data_dir), config.crop)
+    published = {kind: centre_crop(load_image(info, kind, data_dir), config.crop) for kind in PUBLISHED}
+    published_mask = paper_mask(load_image(info, "masked", data_dir)) if config.mask == "paper" else None
+    return Source(info, image, published, published_mask, {})
+
+
+def file_source(path: str, config: RunConfig) -> Source:
+    full = read_any_image(Path(path))
+    info = file_image_info(Path(path), full)
+    origin = {"file": str(Path(path).resolve()), "file_sha256": sha256_of(Path(path))}
+    return Source(info, centre_crop(full, config.crop), {}, None, origin)
 
 
 def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: torch.device) -> list[Cell]:
     """Load, verify and check every cell up front; raises BenchError on the first problem."""
-    infos = [resolve_image(name) for name in config.images]
-    recipe = cell_recipe(config, device, out_channels=1)
+    sources = [table_source(resolve_image(name), config, data_dir) for name in config.images]
+    sources += [file_source(path, config) for path in config.files]
+    keys = [s.info.key for s in sources]
+    if len(set(keys)) != len(keys):
+        raise BenchError(f"two images would share record names: {', '.join(k for k in keys if keys.count(k) > 1)}")
     cells = []
-    for info in infos:
-        image = centre_crop(load_image(info, "GT", data_dir), config.crop)
-        published = {kind: centre_crop(load_image(info, kind, data_dir), config.crop) for kind in PUBLISHED}
+    for source in sources:
+        info, image = source.info, source.image
+        recipe = cell_recipe(config, device, out_channels=1 if image.ndim == 2 else image.shape[2])
         try:
-            check_input_size(*image.shape, recipe.net)
+            check_input_size(*image.shape[:2], recipe.net)
             check_device(recipe, device)
         except ValueError as exc:
             raise BenchError(f"{info.key}: {exc}") from None
-        full_mask = paper_mask(load_image(info, "masked", data_dir)) if config.mask == "paper" else None
         for seed in config.seeds:
             if config.mask == "bernoulli":
                 full_mask = bernoulli_mask((info.height, info.width), config.keep, seed=seed, name=info.key)
+            else:
+                full_mask = source.published_mask
             # Drawn at full size, then cropped: a crop's mask is the same window of the full mask.
             mask = centre_crop(full_mask, config.crop)
-            cfg = cell_config(config, info, seed, device, recipe)
-            cells.append(Cell(info, seed, image, mask, published, cfg, recipe, record_path(results_dir, info.key, seed)))
+            cfg = cell_config(config, source, seed, device, recipe)
+            cells.append(Cell(info, seed, image, mask, source.published, cfg, recipe, record_path(results_dir, info.key, seed)))
     return cells
 
 
@@ -99,7 +137,7 @@ def is_done(cell: Cell) -> bool:
 
 @lru_cache(maxsize=None)
 def gflop_per_iteration(net: SkipNetConfig, height: int, width: int) -> float:
-    return count_flops(lambda: SkipNet(net), (1, net.in_channels, height, width)) / 1e9
+    return count_flops(lambda: build_network(net), (1, net.in_channels, height, width)) / 1e9
 
 
 def reference_scores(cell: Cell) -> dict[str, float]:
@@ -107,12 +145,12 @@ def reference_scores(cell: Cell) -> dict[str, float]:
     (restored from their own masks) and classical interpolation of the missing pixels (this cell's mask)."""
     scores = {f"{kind}_published": psnr(cell.image, output) for kind, output in cell.published.items()}
     for method in ("nearest", "linear"):
-        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(cell.image * cell.mask, cell.mask, method))
+        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(observed(cell.image, cell.mask), cell.mask, method))
     return scores
 
 
-def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> dict:
-    """Train one cell and return its record (not yet written)."""
+def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> tuple[dict, np.ndarray]:
+    """Train one cell; return its record (not yet written) and the restored image."""
     reset_peak_memory(device)
     result = restore(
         cell.image,
@@ -129,8 +167,8 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
     gflops = gflop / (timing.median_ms_per_iter / 1e3)
     peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
     memory, memory_kind = peak_memory_bytes(device)
-    height, width = cell.image.shape
-    return {
+    height, width = cell.image.shape[:2]
+    record = {
         "schema": SCHEMA,
         "status": COMPLETE,
         "image": cell.info.key,
@@ -143,7 +181,7 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         "psnr_ema": None if result.output_ema is None else psnr(cell.image, result.output_ema),
         "psnr_best": best.psnr,  # what an oracle early stop at an evaluation point would get
         "best_iteration": best.iteration,
-        "psnr_masked_input": psnr(cell.image, cell.image * cell.mask),
+        "psnr_masked_input": psnr(cell.image, observed(cell.image, cell.mask)),
         "reference_psnr": reference_scores(cell),
         "final_loss": result.final_loss,
         "backtracks": result.backtracks,
@@ -160,7 +198,9 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         "keep_fraction": float(cell.mask.mean()),
         "config": cell.config,
         "provenance": provenance(device),
+        "panel": f"{PANELS_DIR}/{cell.panel_path.name}",  # relative to the results directory
     }
+    return record, result.output
 
 
 def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True) -> list[dict]:
@@ -175,8 +215,9 @@ def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool 
     iterations = cells[0].recipe.iterations
     with tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
         for cell in todo:
-            record = train_with_progress(cell, device, overall, progress)
-            write_json_atomic(cell.path, record)
+            record, restored = train_with_progress(cell, device, overall, progress)
+            write_panel(cell.panel_path, cell.image, cell.mask, restored)
+            write_json_atomic(cell.path, record)  # last: a record marks the cell complete
             tqdm.write(
                 f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
                 f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
@@ -185,7 +226,7 @@ def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool 
     return [read_record(c.path) for c in cells]
 
 
-def train_with_progress(cell: Cell, device: torch.device, overall: tqdm, progress: bool) -> dict:
+def train_with_progress(cell: Cell, device: torch.device, overall: tqdm, progress: bool) -> tuple[dict, np.ndarray]:
     desc = f"{cell.info.name} seed {cell.seed}"
     with tqdm(total=cell.recipe.iterations, desc=desc, unit="it", leave=False, disable=not progress or None) as bar:
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dip.seeding import seed_everything
-from dip.skipnet import SkipNet, SkipNetConfig, check_input_size
+from dip.skipnet import SkipNetConfig, build_network, check_input_size
 from dip.timing import IterationTimer, TimingSummary
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,7 +36,10 @@ class RestoreConfig:
     iterations: int = 11000
     lr: float = 1e-3
     input_scale: float = 0.1  # z ~ input_scale * U[0, 1)
-    input_noise_std: float = 0.03  # per-iteration perturbation of z, not cumulative
+    input_noise_std: float = 0.03  # std of the per-iteration perturbation of z
+    # "fixed": the net sees z + std * N(0, 1), fresh noise around the fixed z (the paper's code).
+    # "cumulative": z itself walks, z <- z + std * N(0, 1) after every step (the seed reproduction).
+    input_noise: str = "fixed"
     backtracking: bool = True
     backtrack_every: int = 50
     backtrack_drop_db: float = 5.0
@@ -59,6 +62,8 @@ class RestoreConfig:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.input_noise not in ("fixed", "cumulative"):
+            raise ValueError(f"unknown input_noise {self.input_noise!r}; choose from fixed, cumulative")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {sorted(PRECISIONS)}")
         for name in ("backtrack_every", "eval_every", "timer_window"):
@@ -156,7 +161,7 @@ class Trainer:
 
         # Draw everything random on the CPU generator first: same weights and z on any device.
         seed_everything(seed)
-        net = SkipNet(config.net)
+        net = build_network(config.net)
         z = torch.rand(1, config.net.in_channels, height, width) * config.input_scale  # (1, 32, H, W)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=memory_format).train()
@@ -170,7 +175,9 @@ class Trainer:
             self.noise = self.noise_buffer.permute(0, 3, 1, 2)  # (1, 32, H, W) view, channels_last strides
         else:
             self.noise_buffer = self.noise = torch.empty_like(self.z)
-        self.net_input = torch.empty_like(self.z)  # likewise: z + std * noise is written into it
+        # Likewise: z + std * noise is written into it ("fixed"), or it is the walking z ("cumulative").
+        self.net_input = self.z.clone() if config.input_noise == "cumulative" else torch.empty_like(self.z)
+        self.steps = 0
         self.mask = to_tensor(mask, device)  # (1, 1, H, W)
         self.x_masked = to_tensor(observed, device) * self.mask  # (1, C, H, W), dropped pixels zeroed
         self.params = list(self.net.parameters())
@@ -190,8 +197,13 @@ class Trainer:
 
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One perturbed input through the network and back. Returns (output (1, C, H, W), loss)."""
-        self.noise_buffer.normal_(generator=self.noise_gen)
-        torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
+        if self.config.input_noise == "fixed":
+            self.noise_buffer.normal_(generator=self.noise_gen)
+            torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
+        elif self.steps > 0:  # cumulative: the first step sees z itself, as in the seed reproduction
+            self.noise_buffer.normal_(generator=self.noise_gen)
+            self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
+        self.steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.config.precision, cache_enabled=not self.config.cuda_graphs):
             out = self.model(self.net_input)

@@ -35,6 +35,10 @@ class SkipNetConfig:
     upsample_mode: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
     padding: str = "reflection"  # "reflection" | "zeros"
     negative_slope: float = 0.2
+    # "paper": the authors' skip network (this module). "seed": the seed reproduction's network
+    # (dip.seednet): skips taken after each downsampling block, each up block convolves and then
+    # upsamples, and the deepest features reach the decoder only through their skip.
+    layout: str = "paper"
 
     def __post_init__(self) -> None:
         if self.scales < 1:
@@ -48,6 +52,10 @@ class SkipNetConfig:
             raise ValueError(f"unknown upsample_mode {self.upsample_mode!r}")
         if self.padding not in ("reflection", "zeros"):
             raise ValueError(f"unknown padding {self.padding!r}")
+        if self.layout not in ("paper", "seed"):
+            raise ValueError(f"unknown layout {self.layout!r}; choose from paper, seed")
+        if self.layout == "seed" and self.channels_skip < 1:
+            raise ValueError("the seed layout needs channels_skip >= 1: its decoder starts from the deepest skip")
 
 
 def size_multiple(config: SkipNetConfig) -> int:
@@ -116,8 +124,7 @@ class Scale(nn.Module):
             conv_bn_act(config, c_down, c_down, config.kernel_down),
         )
         self.inner = inner
-        align = None if config.upsample_mode == "nearest" else False
-        self.upsample = nn.Upsample(scale_factor=2, mode=config.upsample_mode, align_corners=align)
+        self.upsample = upsample(config)
         c_deeper = c_up if inner is not None else c_down
         self.merge = nn.Sequential(
             nn.BatchNorm2d(c_skip + c_deeper),
@@ -152,6 +159,20 @@ class SkipNet(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.body(z)))
+
+
+def upsample(config: SkipNetConfig) -> nn.Upsample:
+    align = None if config.upsample_mode == "nearest" else False
+    return nn.Upsample(scale_factor=2, mode=config.upsample_mode, align_corners=align)
+
+
+def build_network(config: SkipNetConfig) -> nn.Module:
+    """The network ``config.layout`` names: :class:`SkipNet` or the seed reproduction's ``SeedNet``."""
+    if config.layout == "seed":
+        from dip.seednet import SeedNet  # seednet builds on this module's blocks
+
+        return SeedNet(config)
+    return SkipNet(config)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,127 @@
+"""Pictures: a panel PNG per (image, seed) cell, and the report's plots (matplotlib, no display).
+
+Panels show the test images, which the project downloads and does not redistribute: they are
+written into the (git-ignored) results directory only. Plots hold numbers, not pixels, and are
+committed beside the report.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and clusters have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from bench.records import write_bytes_atomic  # noqa: E402
+
+PANEL_GAP = 4  # white pixels between tiles
+PANEL_LABEL_HEIGHT = 14  # a strip above the tiles with their names
+ERROR_GAIN = 4  # |restored - truth| is shown x4 (clipped), so 0.25 and above is white
+
+
+def observed(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The masked input: ``image`` (H, W[, C]) with the dropped pixels zeroed; ``mask`` is (H, W)."""
+    return image * (mask[..., None] if image.ndim == 3 else mask)
+
+
+def panel(truth: np.ndarray, mask: np.ndarray, restored: np.ndarray) -> np.ndarray:
+    """uint8 (14 + H, 4 W + 12[, 3]): ground truth | masked input | restored | absolute error x4."""
+    tiles = [truth, observed(truth, mask), restored, np.clip(ERROR_GAIN * np.abs(restored - truth), 0.0, 1.0)]
+    height, width = truth.shape[:2]
+    shape = (PANEL_LABEL_HEIGHT + height, 4 * width + 3 * PANEL_GAP) + truth.shape[2:]
+    canvas = np.ones(shape, dtype=np.float64)
+    for k, tile in enumerate(tiles):
+        left = k * (width + PANEL_GAP)
+        canvas[PANEL_LABEL_HEIGHT:, left : left + width] = tile
+    return np.round(np.clip(canvas, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_panel(path: Path, truth: np.ndarray, mask: np.ndarray, restored: np.ndarray) -> Path:
+    """Write :func:`panel` as a PNG (atomically), with the tiles' names in its top strip."""
+    image = Image.fromarray(panel(truth, mask, restored))
+    draw = ImageDraw.Draw(image)
+    width = truth.shape[1]
+    labels = ("ground truth", "masked input", "restored", f"|error| x{ERROR_GAIN}")
+    for k, label in enumerate(labels):
+        draw.text((k * (width + PANEL_GAP) + 2, 1), label, fill=0 if image.mode == "L" else (0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    # No timestamp or software version in the file: the same numbers give the same bytes.
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
+
+
+def _grid(n: int, columns: int = 4) -> tuple[plt.Figure, np.ndarray]:
+    rows = math.ceil(n / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.4 * rows), squeeze=False, sharex=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return figure, axes.flat
+
+
+def plot_curves(records: list[dict], path: Path) -> Path:
+    """PSNR against iteration per image: mean over seeds of the raw output (band: min to max) and of its EMA."""
+    names = dict.fromkeys(r["name"] for r in records)
+    figure, axes = _grid(len(names))
+    for ax, name in zip(axes, names):
+        mine = [r for r in records if r["name"] == name]
+        curves = pd.concat([pd.DataFrame(r["curve"]).assign(seed=r["seed"]) for r in mine])
+        by_iter = curves.groupby("iteration")
+        raw = by_iter["psnr"]
+        ax.fill_between(raw.min().index, raw.min(), raw.max(), alpha=0.25, color="C0", linewidth=0)
+        ax.plot(raw.mean().index, raw.mean(), color="C0", label="raw output")
+        if curves["psnr_ema"].notna().all():
+            ax.plot(by_iter["psnr_ema"].mean().index, by_iter["psnr_ema"].mean(), color="C1", linestyle="--", label="EMA")
+        interp = [r["reference_psnr"]["interp_linear"] for r in mine if "reference_psnr" in r]
+        if interp:
+            ax.axhline(np.mean(interp), color="0.4", linestyle=":", label="interp. linear")
+        ax.set_title(f"{name} (n={len(mine)})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(bottom=max(0.0, min(raw.mean().iloc[len(raw.mean()) // 10:].min(), np.mean(interp) if interp else 99) - 3))
+    axes[0].legend(fontsize=7, loc="lower right")
+    figure.supxlabel("iteration", fontsize=9)
+    figure.supylabel("PSNR (dB)", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_vs_reference(summary: pd.DataFrame, columns: dict[str, str], path: Path) -> Path:
+    """Per-image PSNR of this run (mean, error bar: sample std over seeds) against reference rows.
+
+    ``columns`` maps columns of the report's summary to legend labels (the rows to draw).
+    """
+    x = np.arange(len(summary))
+    figure, ax = plt.subplots(figsize=(10, 4))
+    markers = "sD^vx+*"
+    for k, (column, label) in enumerate(columns.items()):
+        if column in summary and summary[column].notna().any():
+            ax.plot(x, summary[column], linestyle="none", marker=markers[k % len(markers)], label=label, alpha=0.8)
+    std = summary["psnr_std"].fillna(0.0)
+    ax.errorbar(x, summary["psnr_mean"], yerr=std, fmt="o", color="k", capsize=3, label="this run (mean ± std)")
+    ax.set_xticks(x, summary["image"], rotation=30, fontsize=8)
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="best")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def relative_link(target: Path, start: Path) -> str:
+    """A markdown link path from the directory ``start`` to ``target``, with forward slashes."""
+    return Path(os.path.relpath(target, start)).as_posix()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,speed,speed-report}``.
+"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,ablate,speed,speed-report}``.
 
 User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
 exit with status 2; failed regression checks exit with status 1.
@@ -42,11 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
     run_p.add_argument("--publish", action="store_true", help="also write reports/<profile>.md and its records")
     run_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    _add_with(run_p)
     add_config_flags(run_p)
 
     report_p = commands.add_parser("report", help="markdown table from stored records")
     _add_results_selection(report_p)
     report_p.add_argument("--out", type=Path, help="default reports/<profile>.md, records beside it")
+    _add_with(report_p)
 
     check_p = commands.add_parser("check", help="compare a run with a baseline; exit 1 outside tolerance")
     _add_results_selection(check_p)
@@ -76,10 +78,35 @@ def build_parser() -> argparse.ArgumentParser:
     sreport_p.add_argument("--profile-size", type=int, default=256)
     sreport_p.add_argument("--device", default="auto")
 
+    abl_p = commands.add_parser("ablate", help="run the recipe ambiguities as variants and write reports/ablations.md")
+    abl_p.add_argument("--profile", choices=PROFILES, default="quick")
+    abl_p.add_argument("--variants", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
+                       metavar="LIST", help="default: all (the baseline always runs); images default to barbara,cman,house, seeds to 0-2")
+    abl_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
+    abl_p.add_argument("--out", type=Path, default=REPORTS_DIR / "ablations.md")
+    abl_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_config_flags(abl_p)  # shared by every variant, e.g. --iterations or --path reference
+
     est_p = commands.add_parser("estimate", help="measure a few iterations and estimate a profile's run time")
     est_p.add_argument("--profile", choices=PROFILES, required=True)
     add_config_flags(est_p)
     return parser
+
+
+def _add_with(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--with", dest="others", action="append", default=[], metavar="LABEL=DIR",
+                        help="add another run of the same protocol (e.g. --recipe seed) as a column; repeatable")
+
+
+def parse_others(specs: list[str]) -> dict[str, list[dict]]:
+    """{"seed recipe": records} from ["seed recipe=runs/quick-seed"]."""
+    others = {}
+    for spec in specs:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label.strip() or not directory.strip():
+            raise BenchError(f"--with expects LABEL=DIR, got {spec!r}")
+        others[label.strip()] = load_records(Path(directory.strip()))
+    return others
 
 
 def _add_results_dir(parser: argparse.ArgumentParser) -> None:
@@ -99,9 +126,14 @@ def results_dir_of(args: argparse.Namespace) -> Path:
     return RUNS_DIR / args.profile
 
 
-def published_paths(profile: str) -> tuple[Path, Path]:
-    """Where a profile's published report goes, and the snapshot of its records beside it."""
-    return REPORTS_DIR / f"{profile}.md", REPORTS_DIR / profile / "records"
+def published_paths(name: str) -> tuple[Path, Path]:
+    """Where a run's published report goes, and the snapshot of its records beside it."""
+    return REPORTS_DIR / f"{name}.md", REPORTS_DIR / name / "records"
+
+
+def run_name(profile: str, recipe_name: str = "paper") -> str:
+    """runs/<name> and reports/<name>.md: the profile, suffixed with the recipe unless it is the paper's."""
+    return profile if recipe_name == "paper" else f"{profile}-{recipe_name}"
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -136,12 +168,13 @@ def choose_profile(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     profile = choose_profile(args)
     config = build_config(profile, config_overrides(args))
-    results_dir = args.results_dir or RUNS_DIR / profile
+    others = parse_others(args.others)  # read before training: a bad --with fails now, not in an hour
+    results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
     records = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
-    report_path = write_report(records, results_dir / "report.md")
+    report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir)
     if args.publish:
-        report_path = write_report(records, *published_paths(profile))
-    print(render(records))
+        report_path = write_report(records, *published_paths(run_name(config.profile, config.recipe_name)), others=others, results_dir=results_dir)
+    print(render(records, others))
     print(f"Report written to {report_path}")
     return 0
 
@@ -149,15 +182,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     results_dir = results_dir_of(args)
     records = load_records(results_dir)
+    others = parse_others(args.others)
     if args.out is None:
-        name = args.profile or records[0]["config"]["profile"]
-        out, snapshot = published_paths(name)
+        first = records[0]["config"]
+        out, snapshot = published_paths(run_name(first["profile"], first.get("recipe_name", "paper")))
     else:
         out, snapshot = args.out, args.out.with_suffix("") / "records"
     if snapshot.resolve() == results_dir.resolve():
         snapshot = None  # the records already sit there
-    write_report(records, out, snapshot)
-    print(render(records))
+    write_report(records, out, snapshot, others=others, results_dir=results_dir)
+    print(render(records, others))
     print(f"Report written to {out}")
     return 0
 
@@ -199,6 +233,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     write_text_atomic(args.out, text)
     print(text)
     print(f"Comparison written to {args.out}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from bench.ablate import ABLATION_IMAGES, run_ablations, select_variants, write_ablations
+
+    variants = select_variants(args.variants)
+    shared = {"run.images": ABLATION_IMAGES, "run.seeds": (0, 1, 2)} | config_overrides(args)
+    results = run_ablations(args.profile, shared, variants, data_dir(args.data_dir), RUNS_DIR, args.progress)
+    out = write_ablations(results, args.out)
+    print(f"Ablation report written to {out}")
     return 0
 
 
@@ -249,6 +294,7 @@ COMMANDS = {
     "baseline": cmd_baseline,
     "estimate": cmd_estimate,
     "compare": cmd_compare,
+    "ablate": cmd_ablate,
     "speed": cmd_speed,
     "speed-report": cmd_speed_report,
 }

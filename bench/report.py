@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -41,29 +42,37 @@ def shared_config(records: list[dict]) -> dict:
     return configs[0]
 
 
+def image_rows(records: list[dict]) -> list[tuple[str, str, tuple[float, float, float]]]:
+    """(key, display name, (Papyan, DIP, seed repro.) of Table 1) per image of the records: Table 1's
+    images in its order, then files outside the manifest (no Table 1 values: NaN) in record order."""
+    table = load_images()
+    keys = dict.fromkeys(r["image"] for r in records)
+    rows = [(k, info.name, (info.papyan, info.dip_paper, info.seed_repro)) for k, info in table.items() if k in keys]
+    names = {r["image"]: r.get("name", r["image"]) for r in records}
+    return rows + [(k, names[k], (math.nan,) * 3) for k in keys if k not in table]
+
+
 def summarise(records: list[dict]) -> pd.DataFrame:
-    """One row per image in Table 1's order: reference columns and this run's statistics over seeds."""
+    """One row per image (Table 1's order): reference columns and this run's statistics over seeds."""
     frame = pd.DataFrame(records)
     rows = []
-    for key, info in load_images().items():
+    for key, name, (papyan, dip_paper, seed_repro) in image_rows(records):
         mine = frame[frame["image"] == key]
-        if mine.empty:
-            continue
         values = mine["psnr"].to_numpy()
         std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
         rows.append(
             {
-                "image": info.name,
+                "image": name,
                 "size": _size(mine.iloc[0]),
-                "papyan": info.papyan,
-                "dip_paper": info.dip_paper,
-                "seed_repro": info.seed_repro,
+                "papyan": papyan,
+                "dip_paper": dip_paper,
+                "seed_repro": seed_repro,
                 "psnr_mean": float(values.mean()),
                 "psnr_std": std,
                 "psnr_min": float(values.min()),
                 "psnr_max": float(values.max()),
                 "n": len(values),
-                "delta": float(values.mean()) - info.dip_paper,
+                "delta": float(values.mean()) - dip_paper,
                 "psnr_pasted": float(mine["psnr_pasted"].mean()),
                 "ms_per_iter": float(np.median([t["median_ms_per_iter"] for t in mine["timing"]])),
                 "backtracks": int(mine["backtracks"].sum()),
@@ -87,25 +96,35 @@ EXTRA_COLUMNS = ESTIMATE_COLUMNS | REFERENCE_ROW_COLUMNS
 
 
 def _extra_means(mine: pd.DataFrame) -> dict[str, float]:
-    """Means over seeds of the extra estimates, when every record of the image has them."""
+    """Means over seeds of the extra estimates (NaN where a reference does not exist, e.g. no published
+    output for a user's file); {} for records written before these fields existed."""
     if "reference_psnr" not in mine or mine["reference_psnr"].isna().any() or mine["psnr_ema"].isna().any():
         return {}
-    values = {key: [r[key] for r in mine["reference_psnr"]] for key in REFERENCE_ROW_COLUMNS}
+    values = {key: [r.get(key, math.nan) for r in mine["reference_psnr"]] for key in REFERENCE_ROW_COLUMNS}
     values |= {key: list(mine[key]) for key in ESTIMATE_COLUMNS}
     means = {key: float(np.mean(v)) for key, v in values.items()}
     means["best_iteration"] = float(np.median(mine["best_iteration"]))
     return means
 
 
-def extra_table(summary: pd.DataFrame) -> str | None:
-    """Second table: oracle early stop, EMA, and reference rows computed here; None for older records."""
-    if not set(EXTRA_COLUMNS) <= set(summary.columns) or summary[list(EXTRA_COLUMNS)].isna().any().any():
+def _fmt(value: float, spec: str = "{:.2f}") -> str:
+    return "—" if value is None or np.isnan(value) else spec.format(value)
+
+
+def extra_table(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | None = None) -> str | None:
+    """Second table: oracle early stop, EMA, reference rows computed here, and other runs (mean ± std
+    over their seeds; ``others`` maps a label to that run's summary). None for records that predate it."""
+    if not set(EXTRA_COLUMNS) <= set(summary.columns) or summary[list(ESTIMATE_COLUMNS)].isna().any().any():
         return None
     table = pd.DataFrame({"Image": summary["image"]})
     for key, title in EXTRA_COLUMNS.items():
-        table[title] = summary[key].map("{:.2f}".format)
+        table[title] = summary[key].map(_fmt)
     table.insert(2, "at iter.", summary["best_iteration"].map("{:.0f}".format))
-    mean_row = {"Image": "**Mean**", "at iter.": "", **{t: f"{summary[k].mean():.2f}" for k, t in EXTRA_COLUMNS.items()}}
+    mean_row = {"Image": "**Mean**", "at iter.": "", **{t: _fmt(summary[k].mean()) for k, t in EXTRA_COLUMNS.items()}}
+    for label, other in (others or {}).items():
+        joined = summary[["image"]].merge(other, on="image", how="left")
+        table[label] = [_fmt(m) if np.isnan(sd) or np.isnan(m) else _psnr_cell(m, sd) for m, sd in zip(joined["psnr_mean"], joined["psnr_std"])]
+        mean_row[label] = _fmt(joined["psnr_mean"].mean())
     table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
     return table.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(table.columns) - 1))
 
@@ -115,7 +134,8 @@ iteration where it was reached: what stopping at the right moment would give, wi
 as oracle. *EMA of output*: PSNR of the exponential moving average (weight 0.99) of the training
 outputs. *Interp.*: SciPy's nearest / linear interpolation of the missing pixels from the same mask, the
 floor any prior must beat. *DIP published*, *Papyan published*: the authors' published outputs (made
-with their own masks) scored here on the same crop with the same PSNR."""
+with their own masks) scored here on the same crop with the same PSNR. Further columns: other runs of
+the same images, crops, masks and iterations with a different recipe (mean ± std over their seeds)."""
 
 
 def _size(record: pd.Series) -> str:
@@ -128,17 +148,26 @@ def _psnr_cell(mean: float, std: float) -> str:
     return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def markdown_table(summary: pd.DataFrame) -> str:
+def seed_means(records: list[dict]) -> pd.Series:
+    """Mean PSNR over the images, per seed, for the seeds every image was run with: the table's
+    mean as each seed alone would have reported it."""
+    frame = pd.DataFrame([{"image": r["image"], "seed": r["seed"], "psnr": r["psnr"]} for r in records])
+    per_seed = frame.pivot_table(index="seed", columns="image", values="psnr")
+    return per_seed.dropna().mean(axis=1)
+
+
+def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None) -> str:
+    """The main table; ``table_means`` (:func:`seed_means`) gives the mean row its spread over seeds."""
     table = pd.DataFrame(
         {
             "Image": summary["image"],
             "Size": summary["size"],
-            "Papyan et al.": summary["papyan"].map("{:.2f}".format),
-            "DIP (Table 1)": summary["dip_paper"].map("{:.2f}".format),
-            "Seed repro.": summary["seed_repro"].map("{:.2f}".format),
+            "Papyan et al.": summary["papyan"].map(_fmt),
+            "DIP (Table 1)": summary["dip_paper"].map(_fmt),
+            "Seed repro.": summary["seed_repro"].map(_fmt),
             "This run": [_psnr_cell(m, s) for m, s in zip(summary["psnr_mean"], summary["psnr_std"])],
             "n": summary["n"].astype(str),
-            "Δ vs Table 1": summary["delta"].map("{:+.2f}".format),
+            "Δ vs Table 1": summary["delta"].map(lambda d: _fmt(d, "{:+.2f}")),
             "Paste-back": summary["psnr_pasted"].map("{:.2f}".format),
             "ms/iter": summary["ms_per_iter"].map("{:.1f}".format),
             "Backtracks": summary["backtracks"].astype(str),
@@ -148,17 +177,19 @@ def markdown_table(summary: pd.DataFrame) -> str:
     mean_row = {
         "Image": "**Mean**",
         "Size": "",
-        "Papyan et al.": f"{summary['papyan'].mean():.2f}",
-        "DIP (Table 1)": f"{summary['dip_paper'].mean():.2f}",
-        "Seed repro.": f"{summary['seed_repro'].mean():.2f}",
+        "Papyan et al.": _fmt(summary["papyan"].mean()),
+        "DIP (Table 1)": _fmt(summary["dip_paper"].mean()),
+        "Seed repro.": _fmt(summary["seed_repro"].mean()),
         "This run": f"{summary['psnr_mean'].mean():.2f}",
         "n": str(int(summary["n"].sum())),
-        "Δ vs Table 1": f"{summary['delta'].mean():+.2f}",
+        "Δ vs Table 1": _fmt(summary["delta"].mean(), "{:+.2f}"),
         "Paste-back": f"{summary['psnr_pasted'].mean():.2f}",
         "ms/iter": "",
         "Backtracks": str(int(summary["backtracks"].sum())),
         "Device": "",
     }
+    if table_means is not None and len(table_means) > 1:  # the table mean of each seed: their spread
+        mean_row["This run"] = _psnr_cell(float(table_means.mean()), float(table_means.std(ddof=1)))
     if summary["n"].max() > 1:  # several seeds: show their range next to n
         table.insert(7, "Min to max", [f"{lo:.2f} to {hi:.2f}" for lo, hi in zip(summary["psnr_min"], summary["psnr_max"])])
         mean_row["Min to max"] = f"{summary['psnr_min'].min():.2f} to {summary['psnr_max'].max():.2f}"
@@ -211,29 +242,110 @@ LEGEND = """\
 Columns: *Papyan et al.*, *DIP (Table 1)*: the paper's Table 1 (dB). *Seed repro.*: the independent
 reproduction by Peschl et al. *This run*: PSNR of the raw network output against the ground truth
 (whole image or crop, data range 1, known pixels not pasted back), mean ± sample std over seeds; *n* seeds
-and, with several, their *min to max* (the mean row: over all records).
+and, with several, their *min to max*. Mean row: the mean over images, ± the sample std over seeds of
+each seed's mean over the images (the spread of the table's headline number); n and min to max over
+all records.
 *Δ*: this run's mean minus Table 1's DIP value. *Paste-back*: PSNR after the observed pixels are
 copied into the output. *ms/iter*: median time of one training iteration (warm-up excluded).
 *Backtracks*: times the parameters were restored after a >5 dB drop, summed over seeds."""
 
 
-def render(records: list[dict]) -> str:
+# Configuration fields another run may differ in and still be shown as a column of this report.
+COMPARABLE_DIFFERENCES = ("recipe_name", "recipe.")
+
+
+def check_comparable(config: dict, other: dict, label: str) -> list[str]:
+    """The fields ``other`` differs in from ``config``; raises if any is outside the recipe (or is the
+    iteration count): images, crops, masks and budget must match for a column to mean anything."""
+    differing = config_diff(config, other)
+    bad = [d for d in differing if not d.startswith(COMPARABLE_DIFFERENCES) or d == "recipe.iterations"]
+    if bad:
+        raise BenchError(f"run {label!r} cannot be a column of this report: it differs in {', '.join(bad)}")
+    return differing
+
+
+def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = ()) -> str:
+    """The report: header, main table, second table with reference rows and ``others`` (label ->
+    records of another run of the same protocol with a different recipe), then ``sections``."""
     config = shared_config(records)
     summary = summarise(records)
-    parts = [header(records, config), markdown_table(summary), LEGEND]
-    extra = extra_table(summary)
+    parts = [header(records, config), markdown_table(summary, seed_means(records)), LEGEND]
+    others = others or {}
+    extra = extra_table(summary, {label: summarise(recs) for label, recs in others.items()})
     if extra is not None:
         parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
-    return "\n\n".join(parts) + "\n"
+        for label, recs in others.items():
+            differing = check_comparable(config, shared_config(recs), label)
+            seeds = sorted({r["seed"] for r in recs})
+            parts.append(
+                f"*{label}*: {len(recs)} records (seeds {', '.join(map(str, seeds))}), commit "
+                f"{', '.join(commit_labels(recs))}; its configuration differs from this run's only in: "
+                f"{', '.join(differing) or 'nothing'}."
+            )
+    return "\n\n".join(parts + list(sections)) + "\n"
 
 
-def write_report(records: list[dict], out: Path, records_dir: Path | None = None) -> Path:
-    """Write the markdown report, and a snapshot of the records it was built from into ``records_dir``."""
-    text = render(records)
+def write_report(
+    records: list[dict],
+    out: Path,
+    records_dir: Path | None = None,
+    *,
+    others: dict[str, list[dict]] | None = None,
+    results_dir: Path | None = None,
+) -> Path:
+    """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
+    reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
+    it was built from (and of ``others``) into ``records_dir``."""
+    from bench.figures import plot_curves, plot_vs_reference, relative_link  # matplotlib: only here
+
+    others = others or {}
+    figures_dir = out.parent / out.stem
+    summary = summarise(records)
+    for label, recs in others.items():
+        summary[label] = summary[["image"]].merge(summarise(recs), on="image", how="left")["psnr_mean"].to_numpy()
+    curves = plot_curves(records, figures_dir / "psnr_curves.png")
+    rows = {k: t for k, t in REFERENCE_ROW_COLUMNS.items()} | {"psnr_ema": "EMA of output"} | {label: label for label in others}
+    versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
+    sections = [
+        "## Plots",
+        f"![PSNR against iteration per image]({relative_link(curves, out.parent)})",
+        "PSNR against iteration per image: mean over seeds of the raw output (band: min to max over seeds), "
+        "of the EMA of the output, and the linear-interpolation floor.",
+        f"![Per-image PSNR against the reference rows]({relative_link(versus, out.parent)})",
+        "Per-image PSNR of this run (mean, error bar: sample std over seeds) against the reference rows.",
+    ]
+    if results_dir is not None:
+        sections += panel_links(records, results_dir, out.parent)
+    text = render(records, others, tuple(sections))
     if records_dir is not None:
         snapshot_records(records, records_dir)
+        for label, recs in others.items():
+            snapshot_records(recs, records_dir.with_name(f"records-{slug(label)}"))
     write_text_atomic(out, text)
     return out
+
+
+def slug(label: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+
+
+def panel_links(records: list[dict], results_dir: Path, start: Path) -> list[str]:
+    """A "Panels" section linking each record's panel PNG, where it exists (the results directory is
+    git-ignored: panels show the test images, which are downloaded, not redistributed)."""
+    from bench.figures import relative_link
+
+    lines = []
+    for key, name, _ in image_rows(records):
+        links = [
+            f"[seed {r['seed']}]({relative_link(results_dir / r['panel'], start)})"
+            for r in sorted(records, key=lambda r: r["seed"])
+            if r["image"] == key and r.get("panel") and (results_dir / r["panel"]).is_file()
+        ]
+        if links:
+            lines.append(f"- {name}: {', '.join(links)}")
+    if not lines:
+        return []
+    return ["## Panels (ground truth | masked input | restored | error x4; in the run directory, not committed)", "\n".join(lines)]
 
 
 def snapshot_records(records: list[dict], records_dir: Path) -> None:

@@ -24,7 +24,7 @@ from bench.errors import BenchError
 from bench.figures import observed, write_panel
 from bench.hardware import peak_tflops
 from bench.provenance import device_name, provenance
-from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_json_atomic
+from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_bytes_atomic, write_json_atomic
 from dip.baselines import interpolate_missing
 from dip.masks import bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
@@ -203,15 +203,32 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
     return record, result.output
 
 
-def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True) -> list[dict]:
-    """Run every cell of ``config`` that has no complete record yet; return all records of the run."""
+def adopt(cell: Cell, source_dir: Path) -> bool:
+    """Copy ``cell``'s record (and panel) from another results directory if one with exactly this
+    configuration is there; True if it was."""
+    record = read_record(record_path(source_dir, cell.info.key, cell.seed))
+    if record is None or record.get("config") != cell.config:
+        return False
+    panel = source_dir / PANELS_DIR / cell.panel_path.name
+    if panel.is_file():
+        write_bytes_atomic(cell.panel_path, panel.read_bytes())
+    write_json_atomic(cell.path, record)
+    return True
+
+
+def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None) -> list[dict]:
+    """Run every cell of ``config`` that has no complete record yet; return all records of the run.
+
+    ``reuse_from``: another results directory whose records of identical cells are copied, not re-run.
+    """
     device = resolve_device(config.device)
     cells = plan_cells(config, data_dir, results_dir, device)
     check_writable(results_dir)
-    todo = [c for c in cells if not is_done(c)]
+    todo = [c for c in cells if not is_done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
     skipped = len(cells) - len(todo)
     if skipped:
-        tqdm.write(f"{skipped} of {len(cells)} cells already have complete records in {results_dir}; skipping them")
+        tqdm.write(f"{skipped} of {len(cells)} cells already have complete records (in {results_dir}"
+                   f"{' or ' + str(reuse_from) if reuse_from else ''}); skipping them")
     iterations = cells[0].recipe.iterations
     with tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
         for cell in todo:

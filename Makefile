@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 # torch build: with an NVIDIA driver (nvidia-smi on PATH) the newest CUDA wheel; without one the pinned
 # 2.13.0 (a CPU wheel where one is on a local wheelhouse, as on CI). Override: make setup TORCH="torch==X".
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+# `make bench` runs the paper profile on a CUDA machine and the quick profile without one.
+PROFILE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),paper,quick)
 TOLERANCE ?= 0.5
 MIN_SPEEDUP ?= 1.8
 
-.PHONY: setup test bench check baseline speed clean-runs
+.PHONY: setup test bench ablations check baseline speed clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +21,16 @@ setup:
 test:
 	$(PY) -m pytest
 
-# paper profile on a CUDA machine, quick profile on CPU; writes reports/<profile>.md
+# The main job: the seed reproduction's recipe, then the paper's with the seed recipe as a column, and
+# the published outputs at full size. Writes reports/$(PROFILE).md, reports/$(PROFILE)-seed.md, reports/published.md.
 bench:
-	$(PY) -m bench run --publish
+	$(PY) -m bench run --profile $(PROFILE) --recipe seed --publish
+	$(PY) -m bench run --profile $(PROFILE) --publish --with "Seed recipe=runs/$(PROFILE)-seed"
+	$(PY) -m bench published
+
+# The recipe ambiguities as variants (quick profile, 3 images x 3 seeds); writes reports/ablations.md
+ablations:
+	$(PY) -m bench ablate
 
 # CI's regression check: the smoke profile against the committed baseline, then the speed-ratio gate
 check:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,ablate,speed,speed-report}``.
+"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,ablate,published,speed,speed-report}``.
 
 User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
 exit with status 2; failed regression checks exit with status 1.
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     abl_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     add_config_flags(abl_p)  # shared by every variant, e.g. --iterations or --path reference
 
+    pub_p = commands.add_parser("published", help="score the authors' published outputs at full size against Table 1")
+    pub_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
+    pub_p.add_argument("--out", type=Path, default=REPORTS_DIR / "published.md")
+
     est_p = commands.add_parser("estimate", help="measure a few iterations and estimate a profile's run time")
     est_p.add_argument("--profile", choices=PROFILES, required=True)
     add_config_flags(est_p)
@@ -155,6 +159,9 @@ def choose_profile(args: argparse.Namespace) -> str:
     if torch.cuda.is_available():
         return "paper"
     paper = build_config("paper", config_overrides(args))
+    if not paper.images:  # only the user's own files: no Table 1 images to estimate the paper profile on
+        print("No CUDA device: running the 'quick' profile (not comparable to Table 1).", flush=True)
+        return "quick"
     seconds = estimate_seconds(paper, measure_ms_per_iter(paper))
     print(
         f"No CUDA device: running the 'quick' profile (not comparable to Table 1); the paper profile, "
@@ -247,6 +254,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_published(args: argparse.Namespace) -> int:
+    from bench.published import render_published, score_published, write_published
+
+    record = score_published(data_dir(args.data_dir))
+    out = write_published(record, args.out)
+    print(render_published(record))
+    print(f"Written to {out}")
+    return 0
+
+
 def check_size(size: int) -> None:
     """The paper network must be able to take a size x size image."""
     try:
@@ -295,6 +312,7 @@ COMMANDS = {
     "estimate": cmd_estimate,
     "compare": cmd_compare,
     "ablate": cmd_ablate,
+    "published": cmd_published,
     "speed": cmd_speed,
     "speed-report": cmd_speed_report,
 }

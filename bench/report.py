@@ -14,7 +14,7 @@ from bench.data import load_images
 from bench.errors import BenchError
 from bench.records import record_path, write_json_atomic, write_text_atomic
 
-PER_CELL_KEYS = ("image", "seed")
+PER_CELL_KEYS = ("image", "seed", "file", "file_sha256")  # what differs between the cells of one run
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -98,13 +98,20 @@ EXTRA_COLUMNS = ESTIMATE_COLUMNS | REFERENCE_ROW_COLUMNS
 def _extra_means(mine: pd.DataFrame) -> dict[str, float]:
     """Means over seeds of the extra estimates (NaN where a reference does not exist, e.g. no published
     output for a user's file); {} for records written before these fields existed."""
-    if "reference_psnr" not in mine or mine["reference_psnr"].isna().any() or mine["psnr_ema"].isna().any():
+    if not {"reference_psnr", *ESTIMATE_COLUMNS} <= set(mine.columns):
         return {}
-    values = {key: [r.get(key, math.nan) for r in mine["reference_psnr"]] for key in REFERENCE_ROW_COLUMNS}
+    if mine["reference_psnr"].isna().any() or mine[list(ESTIMATE_COLUMNS)].isna().any().any():
+        return {}
+    values = {key: [_number(r.get(key)) for r in mine["reference_psnr"]] for key in REFERENCE_ROW_COLUMNS}
     values |= {key: list(mine[key]) for key in ESTIMATE_COLUMNS}
     means = {key: float(np.mean(v)) for key, v in values.items()}
     means["best_iteration"] = float(np.median(mine["best_iteration"]))
     return means
+
+
+def _number(value: float | None) -> float:
+    """A stored PSNR: None (absent, or infinite and so not storable in JSON) reads as NaN."""
+    return math.nan if value is None else float(value)
 
 
 def _fmt(value: float, spec: str = "{:.2f}") -> str:
@@ -303,17 +310,19 @@ def write_report(
     summary = summarise(records)
     for label, recs in others.items():
         summary[label] = summary[["image"]].merge(summarise(recs), on="image", how="left")["psnr_mean"].to_numpy()
-    curves = plot_curves(records, figures_dir / "psnr_curves.png")
-    rows = {k: t for k, t in REFERENCE_ROW_COLUMNS.items()} | {"psnr_ema": "EMA of output"} | {label: label for label in others}
-    versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
-    sections = [
-        "## Plots",
-        f"![PSNR against iteration per image]({relative_link(curves, out.parent)})",
-        "PSNR against iteration per image: mean over seeds of the raw output (band: min to max over seeds), "
-        "of the EMA of the output, and the linear-interpolation floor.",
-        f"![Per-image PSNR against the reference rows]({relative_link(versus, out.parent)})",
-        "Per-image PSNR of this run (mean, error bar: sample std over seeds) against the reference rows.",
-    ]
+    sections = []
+    if all("curve" in r for r in records):  # records written before curves existed get no plots
+        curves = plot_curves(records, figures_dir / "psnr_curves.png")
+        rows = dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"} | {label: label for label in others}
+        versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
+        sections += [
+            "## Plots",
+            f"![PSNR against iteration per image]({relative_link(curves, out.parent)})",
+            "PSNR against iteration per image: mean over seeds of the raw output (band: min to max over seeds), "
+            "of the EMA of the output, and the linear-interpolation floor.",
+            f"![Per-image PSNR against the reference rows]({relative_link(versus, out.parent)})",
+            "Per-image PSNR of this run (mean, error bar: sample std over seeds) against the reference rows.",
+        ]
     if results_dir is not None:
         sections += panel_links(records, results_dir, out.parent)
     text = render(records, others, tuple(sections))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ def table_source(info: ImageInfo, config: RunConfig, data_dir: Path) -> Source:
 def file_source(path: str, config: RunConfig) -> Source:
     full = read_any_image(Path(path))
     info = file_image_info(Path(path), full)
+    if float(full.max()) == float(full.min()):
+        raise BenchError(f"{path}: the image is constant; there is nothing to restore and PSNR is undefined")
     origin = {"file": str(Path(path).resolve()), "file_sha256": sha256_of(Path(path))}
     return Source(info, centre_crop(full, config.crop), {}, None, origin)
 
@@ -146,7 +149,8 @@ def reference_scores(cell: Cell) -> dict[str, float]:
     scores = {f"{kind}_published": psnr(cell.image, output) for kind, output in cell.published.items()}
     for method in ("nearest", "linear"):
         scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(observed(cell.image, cell.mask), cell.mask, method))
-    return scores
+    # An exact reconstruction (e.g. linear interpolation of a ramp) has infinite PSNR, which JSON cannot hold.
+    return {key: value if math.isfinite(value) else None for key, value in scores.items()}
 
 
 def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> tuple[dict, np.ndarray]:
@@ -163,7 +167,7 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
     )
     timing = result.timing
     best = max(result.curve, key=lambda p: p.psnr)
-    gflop = gflop_per_iteration(cell.recipe.net, *cell.image.shape)
+    gflop = gflop_per_iteration(cell.recipe.net, *cell.image.shape[:2])
     gflops = gflop / (timing.median_ms_per_iter / 1e3)
     peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
     memory, memory_kind = peak_memory_bytes(device)

@@ -24,6 +24,10 @@ def results(tmp_path):
         (["--crop", "1024"], "larger than the image"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
         (["--mask", "nope"], "unknown mask"),
+        (["--image", "/nonexistent/photo.png"], "image file /nonexistent/photo.png does not exist"),
+        (["--image", "x.png", "--mask", "paper"], "--mask paper needs the published masks"),
+        (["--with", "no-equals-sign"], "--with expects LABEL=DIR"),
+        (["--with", "seed=/nonexistent/run"], "results directory /nonexistent/run does not exist"),
     ],
 )
 def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data_dir, capsys):

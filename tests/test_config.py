@@ -132,3 +132,18 @@ def test_execution_path_is_read_off_the_resolved_recipe():
     assert execution_path(reference) == "reference"
     assert execution_path({**reference, "fused_adam": True}) == "fast"
     assert execution_path(cell_recipe(PROFILES["smoke"], cpu, 1).to_dict()) == "fast"  # fused Adam at least
+
+
+def test_recipe_and_image_flags():
+    config = build_config("smoke", parse("--recipe", "seed", "--image", "a.png", "--image", "b.jpg"))
+    assert config.recipe_name == "seed" and config.recipe.net.layout == "seed"
+    assert config.files == ("a.png", "b.jpg") and config.images == ()  # own files replace Table 1's images
+    both = build_config("smoke", parse("--image", "a.png", "--images", "house"))
+    assert both.files == ("a.png",) and both.images == ("house",)
+    assert build_config("smoke", parse()).files == ()
+
+
+def test_unknown_recipe_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        parse("--recipe", "mine")
+    assert "invalid choice: 'mine'" in capsys.readouterr().err

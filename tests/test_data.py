@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from bench.data import (
     centre_crop,
@@ -13,7 +14,9 @@ from bench.data import (
     fetch,
     load_files,
     load_image,
+    file_image_info,
     load_images,
+    read_any_image,
     read_gray,
     resolve_image,
     sha256_of,
@@ -141,3 +144,47 @@ def test_unreachable_server_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DIP_DATA_URL", f"http://127.0.0.1:{port}")
     with pytest.raises(BenchError, match="cannot download house_GT.png"):
         fetch(load_files()[("house", "GT")], tmp_path)
+
+
+GRAY = (np.arange(64 * 96).reshape(64, 96) % 256).astype(np.uint8)  # (H, W), non-square
+
+
+@pytest.mark.parametrize(
+    "mode, make, expected",
+    [
+        ("L", lambda: Image.fromarray(GRAY), GRAY / 255.0),
+        ("LA", lambda: Image.fromarray(GRAY).convert("LA"), GRAY / 255.0),
+        ("I;16", lambda: Image.fromarray(GRAY.astype(np.uint16) * 257), GRAY / 255.0),  # 257 = 65535 / 255
+        ("RGB", lambda: Image.fromarray(np.stack([GRAY, 255 - GRAY, GRAY // 2], axis=2)),
+         np.stack([GRAY, 255 - GRAY, GRAY // 2], axis=2) / 255.0),
+        ("RGBA", lambda: Image.fromarray(np.stack([GRAY, GRAY, GRAY, GRAY], axis=2)), np.stack([GRAY] * 3, axis=2) / 255.0),
+        ("P", lambda: Image.fromarray(np.stack([GRAY] * 3, axis=2)).quantize(256, method=Image.Quantize.MEDIANCUT), None),
+    ],
+)
+def test_user_images_of_every_common_mode(mode, make, expected, tmp_path):
+    path = tmp_path / f"picture_{mode.replace(';', '')}.png"
+    image = make()
+    image.save(path)
+    assert Image.open(path).mode.startswith(mode[:3] if mode == "I;16" else mode)
+    array = read_any_image(path)
+    assert array.dtype == np.float32 and array.min() >= 0 and array.max() <= 1
+    if expected is None:  # palette: colour, 3 channels
+        assert array.shape == (64, 96, 3)
+    else:
+        np.testing.assert_allclose(array, expected, atol=1e-6)
+    info = file_image_info(path, array)
+    assert (info.height, info.width) == (64, 96) and info.key.startswith("file-picture")
+    assert np.isnan(info.dip_paper)
+
+
+@pytest.mark.parametrize("content", [b"", b"this is text, not an image", b"\x89PNG\r\n\x1a\n truncated"])
+def test_user_files_that_are_not_images(content, tmp_path):
+    path = tmp_path / "fake.png"
+    path.write_bytes(content)
+    with pytest.raises(BenchError, match="not a readable image"):
+        read_any_image(path)
+
+
+def test_missing_user_file(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        read_any_image(tmp_path / "nowhere.png")

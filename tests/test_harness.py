@@ -102,7 +102,7 @@ def test_estimate_multiplies_measured_times_by_the_work():
     # per seed: (500 + 2000 + 500) ms x 100 iterations = 300 s; two seeds
     assert estimate_seconds(config, ms) == pytest.approx(600.0)
     cropped = build_config("quick", {"run.images": ("house", "lena"), "recipe.iterations": 10})
-    assert estimate_seconds(cropped, {(128, 128): 100.0}) == pytest.approx(2.0)
+    assert estimate_seconds(cropped, {(128, 128): 100.0}) == pytest.approx(6.0)  # the quick profile's 3 seeds
 
 
 def test_measurement_times_each_distinct_training_size():
@@ -110,3 +110,51 @@ def test_measurement_times_each_distinct_training_size():
     measured = measure_ms_per_iter(dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, net=SMALL_NET)))
     assert sorted(measured) == [(256, 256), (512, 512)]
     assert all(ms > 0 for ms in measured.values())
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_own_image_file_runs_the_same_protocol(channels, tmp_path, data_dir, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.figures import PANEL_GAP, PANEL_LABEL_HEIGHT
+
+    house = np.asarray(Image.open(data_dir / "house_GT.png"))[96:160, 96:160]  # (64, 64) uint8
+    pixels = house if channels == 1 else np.stack([house, house[::-1], 255 - house], axis=2)
+    path = tmp_path / "My Photo.png"
+    Image.fromarray(pixels).save(path)
+    results = tmp_path / "results"
+    code = main(["run", "--profile", "smoke", "--image", str(path), "--iterations", "6", "--eval-every", "3",
+                 "--results-dir", str(results), "--no-progress"])
+    assert code == 0
+    record = read_record(results / "file-my-photo_seed0.json")
+    assert record["name"] == "My Photo.png" and record["size"] == [64, 64]
+    assert record["config"]["file"] == str(path.resolve()) and len(record["config"]["file_sha256"]) == 64
+    assert record["config"]["recipe"]["net"]["out_channels"] == channels
+    assert set(record["reference_psnr"]) == {"interp_nearest", "interp_linear"}  # no published outputs
+    assert record["psnr"] > record["psnr_masked_input"]
+    with Image.open(results / record["panel"]) as panel:
+        assert panel.size == (4 * 64 + 3 * PANEL_GAP, PANEL_LABEL_HEIGHT + 64)
+        assert panel.mode == ("L" if channels == 1 else "RGB")
+    report = (results / "report.md").read_text(encoding="utf-8")
+    row = next(line for line in report.splitlines() if line.startswith("| My Photo.png"))
+    assert [c.strip() for c in row.split("|")][3:6] == ["—", "—", "—"]  # no Table 1 values
+
+
+def test_own_image_of_a_size_the_network_cannot_take(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from bench.cli import main
+
+    path = tmp_path / "odd.png"
+    Image.fromarray(np.arange(100 * 70).reshape(100, 70).astype(np.uint8)).save(path)
+    code = main(["run", "--profile", "smoke", "--crop", "0", "--image", str(path), "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "file-odd: image size 100x70" in err and "--crop" in err and err.count("\n") == 1
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(flat)
+    assert main(["run", "--profile", "smoke", "--image", str(flat), "--results-dir", str(tmp_path / "r")]) == 2
+    assert "the image is constant" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -9,7 +9,7 @@ import pytest
 from bench.check import compare, make_baseline
 from bench.errors import BenchError
 from bench.records import SCHEMA, read_record, write_json_atomic
-from bench.report import render, shared_config, write_report
+from bench.report import render, seed_means, shared_config, write_report
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_quick_golden.md"
 
@@ -193,3 +193,74 @@ def test_extra_table_appears_when_records_computed_it():
 
 def test_single_seed_runs_have_no_range_column():
     assert "Min to max" not in render([r for r in RECORDS if r["seed"] == 0])
+
+
+def test_mean_row_gives_the_spread_of_the_table_mean_over_seeds():
+    records = RECORDS + [fixture_record("barbara", 1, 29.5), fixture_record("cman", 1, 27.25, full=256)]
+    # per-seed means over the 3 images: seed 0 (30 + 28.5 + 26.25) / 3 = 28.25, seed 1 (31 + 29.5 + 27.25) / 3 = 29.25
+    assert list(seed_means(records)) == [28.25, 29.25]
+    mean_row = next(line for line in render(records).splitlines() if line.startswith("| **Mean**"))
+    assert [c.strip() for c in mean_row.split("|")][6] == "28.75 ± 0.71"
+    # A seed that not every image has does not enter the table-level spread.
+    assert list(seed_means(RECORDS)) == [28.25]
+
+
+def test_other_runs_become_columns_only_if_only_the_recipe_differs():
+    records = copy.deepcopy(RECORDS)
+    for r in records:
+        r["reference_psnr"] = {"interp_linear": 25.0, "interp_nearest": 22.0, "deep_prior_published": 33.0, "papyan_published": 31.0}
+        r |= {"psnr_best": r["psnr"], "best_iteration": 500, "psnr_ema": r["psnr"]}
+    seed_run = copy.deepcopy(records)
+    for r in seed_run:
+        r["psnr"] += 1.0
+        r["config"]["recipe"]["lr"] = 0.01
+        r["config"]["recipe_name"] = "seed"
+    text = render(records, {"Seed recipe": seed_run})
+    house = next(line for line in text[text.index("## Second"):].splitlines() if line.startswith("| House"))
+    assert house.split("|")[-2].strip() == "31.50 ± 0.71"  # 30 + 1 and 31 + 1
+    assert "differs from this run's only in: recipe.lr, recipe_name" in text
+    cropped = copy.deepcopy(seed_run)
+    for r in cropped:
+        r["config"]["crop"] = 64
+    with pytest.raises(BenchError, match="'Seed recipe' cannot be a column of this report: it differs in crop"):
+        render(records, {"Seed recipe": cropped})
+
+
+def test_files_outside_the_manifest_have_no_table_1_values():
+    own = fixture_record("file-photo", 0, 27.0)
+    own["name"] = "photo.png"
+    text = render(RECORDS[:1] + [{**own, "config": {**own["config"], "image": "file-photo"}}])
+    row = next(line for line in text.splitlines() if line.startswith("| photo.png"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[3:6] == ["—", "—", "—"] and cells[6] == "27.00" and cells[8] == "—"
+
+
+def test_panels_are_linked_when_they_exist(tmp_path):
+    results = tmp_path / "runs" / "quick"
+    (results / "panels").mkdir(parents=True)
+    (results / "panels" / "house_seed0.png").write_bytes(b"png")
+    records = [{**r, "panel": f"panels/{r['image']}_seed{r['seed']}.png"} for r in RECORDS]
+    out = write_report(records, tmp_path / "reports" / "quick.md", results_dir=results)
+    text = out.read_text(encoding="utf-8")
+    assert "- House: [seed 0](../runs/quick/panels/house_seed0.png)" in text
+    assert "seed 1](" not in text and "Barbara: [" not in text  # missing panels are not linked
+
+
+def test_published_outputs_match_table_1_with_our_psnr(data_dir):
+    from bench.published import quantisation_loss_db, render_published, score_published
+
+    record = score_published(data_dir)
+    rows = {r["image"]: r for r in record["rows"]}
+    assert len(rows) == 11
+    for row in rows.values():  # our metric on the authors' own files reproduces their table within 0.2 dB
+        assert abs(row["deep_prior_psnr"] - row["deep_prior_table1"]) < 0.2
+        assert abs(row["papyan_psnr"] - row["papyan_table1"]) < 0.2
+    assert "| House       | 256x256 |          39.16 |       39.00 |" in render_published(record)
+    assert quantisation_loss_db(39.16) == pytest.approx(10 * __import__("math").log10(1 + 10**3.916 / 255**2 / 12))
+
+
+def test_a_run_of_several_own_files_shares_one_configuration():
+    a, b = fixture_record("file-a", 0, 27.0), fixture_record("file-b", 0, 28.0)
+    a["config"] |= {"image": "file-a", "file": "/x/a.png", "file_sha256": "1" * 64}
+    b["config"] |= {"image": "file-b", "file": "/x/b.png", "file_sha256": "2" * 64}
+    assert "file" not in shared_config([a, b])

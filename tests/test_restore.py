@@ -7,7 +7,7 @@ import torch
 from bench.data import centre_crop, load_image, load_images
 from dip.masks import bernoulli_mask
 from dip.metrics import psnr
-from dip.restore import DivergenceError, RestoreConfig, restore
+from dip.restore import DivergenceError, RestoreConfig, Trainer, restore
 from dip.skipnet import SkipNetConfig
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
@@ -138,3 +138,26 @@ def test_ema_is_the_moving_average_of_the_outputs(house64):
         trainer.optimizer_step()
     np.testing.assert_allclose(result.output_ema, (seen[0] + seen[1]) / 2, rtol=1e-6, atol=1e-7)
     assert restore(image, mask, dataclasses.replace(config, ema_decay=0.0), seed=0).output_ema is None
+
+
+def test_cumulative_input_noise_walks_z_and_fixed_noise_does_not(house64):
+    image, mask = house64
+    for kind in ("fixed", "cumulative"):
+        config = RestoreConfig(iterations=1, input_noise=kind, input_noise_std=0.5, net=TINY_NET)
+        trainer = Trainer(image, mask, config, seed=0, device=torch.device("cpu"))
+        deviations = []
+        for _ in range(5):
+            trainer.forward_backward()
+            deviations.append(float((trainer.net_input - trainer.z).std()))
+            trainer.optimizer_step()
+        if kind == "fixed":  # fresh noise of std 0.5 around z at every step
+            assert all(abs(d - 0.5) < 0.02 for d in deviations)
+        else:  # the first step sees z itself; after k more, z has walked by std 0.5 * sqrt(k)
+            assert deviations[0] == 0.0
+            for k in range(1, 5):
+                assert abs(deviations[k] - 0.5 * k**0.5) < 0.03 * k**0.5
+
+
+def test_unknown_input_noise_is_refused():
+    with pytest.raises(ValueError, match="unknown input_noise"):
+        RestoreConfig(input_noise="walk")

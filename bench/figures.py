@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from bench.records import write_bytes_atomic  # noqa: E402
+from dip.metrics import psnr_pasted_from_loss  # noqa: E402
 
 PANEL_GAP = 4  # white pixels between tiles
 PANEL_LABEL_HEIGHT = 14  # a strip above the tiles with their names
@@ -76,16 +77,19 @@ def _grid(n: int, columns: int = 4) -> tuple[plt.Figure, np.ndarray]:
 
 
 def plot_curves(records: list[dict], path: Path) -> Path:
-    """PSNR against iteration per image: mean over seeds of the raw output (band: min to max) and of its EMA."""
+    """PSNR against iteration per image: mean over seeds of the raw output (band: min to max), its
+    paste-back PSNR (derived from raw PSNR and loss, :func:`dip.metrics.psnr_pasted_from_loss`) and its EMA."""
     names = dict.fromkeys(r["name"] for r in records)
     figure, axes = _grid(len(names))
     for ax, name in zip(axes, names):
         mine = [r for r in records if r["name"] == name]
         curves = pd.concat([pd.DataFrame(r["curve"]).assign(seed=r["seed"]) for r in mine])
+        curves["psnr_pasted"] = [psnr_pasted_from_loss(p, loss) for p, loss in zip(curves["psnr"], curves["loss"])]
         by_iter = curves.groupby("iteration")
         raw = by_iter["psnr"]
         ax.fill_between(raw.min().index, raw.min(), raw.max(), alpha=0.25, color="C0", linewidth=0)
         ax.plot(raw.mean().index, raw.mean(), color="C0", label="raw output")
+        ax.plot(by_iter["psnr_pasted"].mean().index, by_iter["psnr_pasted"].mean(), color="C2", linewidth=1, label="paste-back")
         if curves["psnr_ema"].notna().all():
             ax.plot(by_iter["psnr_ema"].mean().index, by_iter["psnr_ema"].mean(), color="C1", linestyle="--", label="EMA")
         interp = [r["reference_psnr"]["interp_linear"] for r in mine if "reference_psnr" in r]

@@ -319,7 +319,8 @@ def write_report(
             "## Plots",
             f"![PSNR against iteration per image]({relative_link(curves, out.parent)})",
             "PSNR against iteration per image: mean over seeds of the raw output (band: min to max over seeds), "
-            "of the EMA of the output, and the linear-interpolation floor.",
+            "of its paste-back PSNR (from raw PSNR and loss: MSE_pasted = MSE_raw - loss), of the EMA of the "
+            "output, and the linear-interpolation floor.",
             f"![Per-image PSNR against the reference rows]({relative_link(versus, out.parent)})",
             "Per-image PSNR of this run (mean, error bar: sample std over seeds) against the reference rows.",
         ]

@@ -37,3 +37,15 @@ def psnr_pasted(reference: np.ndarray, estimate: np.ndarray, mask: np.ndarray) -
     Only the dropped pixels contribute error; later DIP papers report this next to the raw PSNR.
     """
     return psnr(reference, paste_back(estimate, reference, mask))
+
+
+def psnr_pasted_from_loss(psnr_raw: float, masked_mse: float) -> float:
+    """Paste-back PSNR of an output from its raw PSNR and its training loss, with no image at hand.
+
+    The loss is mean((m * (out - x))**2) over all N pixels: the kept pixels' share of the raw MSE,
+    mean((out - x)**2). Pasting the kept pixels back leaves only the dropped pixels' share, so
+    MSE_pasted = MSE_raw - loss. This gives a paste-back curve from the (raw PSNR, loss) pairs that
+    every curve point already stores. NaN if rounding makes the difference non-positive.
+    """
+    mse_pasted = 10.0 ** (-psnr_raw / 10.0) - masked_mse
+    return -10.0 * math.log10(mse_pasted) if mse_pasted > 0 else math.nan

@@ -54,3 +54,14 @@ def test_published_dip_outputs_score_within_0p2_db_of_table1(key, data_dir):
     ground_truth = load_image(info, "GT", data_dir)
     published = load_image(info, "deep_prior", data_dir)
     assert abs(psnr(ground_truth, published) - info.dip_paper) <= 0.2
+
+
+def test_paste_back_psnr_follows_from_raw_psnr_and_the_masked_loss():
+    from dip.metrics import psnr_pasted_from_loss
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((32, 32))
+    output = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1)
+    mask = (rng.random((32, 32)) < 0.5).astype(np.float64)
+    loss = float(np.mean((mask * (output - truth)) ** 2))  # the training loss, MSE(out * m, x * m)
+    assert psnr_pasted_from_loss(psnr(truth, output), loss) == pytest.approx(psnr_pasted(truth, output, mask), abs=1e-9)

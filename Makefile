@@ -34,8 +34,9 @@ ablations:
 
 # CI's regression check: the smoke profile against the committed baseline, then the speed-ratio gate
 check:
-	$(PY) -m bench run --profile smoke --no-progress
-	$(PY) -m bench check --profile smoke --baseline reports/baselines/smoke.json --tolerance $(TOLERANCE)
+	rm -rf runs/smoke-check
+	$(PY) -m bench run --profile smoke --no-progress --results-dir runs/smoke-check
+	$(PY) -m bench check --results-dir runs/smoke-check --baseline reports/baselines/smoke.json --tolerance $(TOLERANCE)
 	$(PY) -m bench speed --size 256 --min-ratio $(MIN_SPEEDUP)
 
 # one training iteration, reference vs fast path, at 128x128 and 256x256 (pytest-benchmark)
@@ -44,9 +45,11 @@ speed:
 	$(PY) -m bench speed-report --json reports/speed.json --out reports/speed.md
 
 # re-record the smoke baseline (commit the result with the reason in the message)
+# (in a fresh directory: records of other seeds or flags left in runs/smoke must not enter the baseline)
 baseline:
-	$(PY) -m bench run --profile smoke --no-progress
-	$(PY) -m bench baseline --profile smoke --out reports/baselines/smoke.json
+	rm -rf runs/smoke-baseline
+	$(PY) -m bench run --profile smoke --no-progress --results-dir runs/smoke-baseline
+	$(PY) -m bench baseline --results-dir runs/smoke-baseline --out reports/baselines/smoke.json
 
 clean-runs:
 	rm -rf runs

@@ -217,10 +217,11 @@ def header(records: list[dict], config: dict) -> str:
     dates = sorted(r["provenance"]["timestamp"] for r in records)
     seeds_per_image = {key: sum(1 for r in records if r["image"] == key) for key in dict.fromkeys(r["image"] for r in records)}
     mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
+    recipe_name = config.get("recipe_name", "paper")
     lines = [
-        f"# dip-bench: profile `{config['profile']}`",
+        f"# dip-bench: profile `{config['profile']}`" + ("" if recipe_name == "paper" else f", recipe `{recipe_name}`"),
         "",
-        f"- Iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
+        f"- Recipe: {recipe_name}; iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
         f"{'on' if recipe['backtracking'] else 'off'}; mask {mask}",
         f"- Path: {execution_path(recipe)} ({recipe['precision']}, channels_last {recipe['channels_last']}, "
         f"fused Adam {recipe.get('fused_adam', False)})",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.config import build_config
+from bench.config import build_config, execution_path
 from bench.errors import BenchError
 from bench.report import commit_labels, config_diff, image_rows, seed_means, shared_config, snapshot_records
 from bench.records import write_text_atomic
@@ -177,7 +177,7 @@ def render_ablations(results: dict[str, list[dict]]) -> str:
     return "\n\n".join([
         f"# Ablations: profile `{config['profile']}`",
         f"- Images: {', '.join(images)}; seeds {', '.join(map(str, seeds))}; crop {config['crop']}; "
-        f"{recipe['iterations']} iterations; mask {config['mask']}; path {recipe['precision']}\n"
+        f"{recipe['iterations']} iterations; mask {config['mask']}; path {execution_path(recipe)} ({recipe['precision']})\n"
         f"- Device: {base_records[0]['provenance']['device_name']}; commits {', '.join(commit_labels(all_records))}\n"
         f"- Records of every variant beside this report (`ablations/<variant>/records`)",
         "## Variants",

@@ -17,7 +17,7 @@ from bench.config import PROFILES, add_config_flags, build_config
 from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic, write_text_atomic
-from bench.report import render, write_report
+from bench.report import render, shared_config, write_report
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
 from dip.skipnet import SkipNetConfig, check_input_size
 
@@ -113,6 +113,18 @@ def parse_others(specs: list[str]) -> dict[str, list[dict]]:
     return others
 
 
+def check_others_match(config, others: dict[str, list[dict]]) -> None:
+    """Refuse, before training, a --with run whose crop, mask or iteration count differs from ``config``'s
+    (the report would refuse it after training; see bench.report.check_comparable)."""
+    mine = {"crop": config.crop, "mask": config.mask, "recipe.iterations": config.recipe.iterations}
+    for label, records in others.items():
+        shared = shared_config(records)
+        theirs = {"crop": shared.get("crop"), "mask": shared.get("mask"), "recipe.iterations": shared["recipe"]["iterations"]}
+        differing = [k for k in mine if theirs[k] != mine[k]]
+        if differing:
+            raise BenchError(f"run {label!r} cannot be a column of this report: it differs in {', '.join(differing)}")
+
+
 def _add_results_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-dir", type=Path, help="where records go (default runs/<profile>)")
 
@@ -175,7 +187,8 @@ def choose_profile(args: argparse.Namespace) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     profile = choose_profile(args)
     config = build_config(profile, config_overrides(args))
-    others = parse_others(args.others)  # read before training: a bad --with fails now, not in an hour
+    others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
+    check_others_match(config, others)
     results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
     records = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
     report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir)

@@ -116,3 +116,15 @@ def test_cpu_machine_runs_quick_and_says_what_paper_would_cost(monkeypatch, caps
 def test_speed_size_the_network_cannot_take(capsys):
     assert main(["speed", "--size", "100"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_with_a_run_of_another_budget_is_refused_before_training(tmp_path, data_dir, capsys):
+    other = tmp_path / "other"
+    assert main(["run", "--profile", "smoke", "--images", "house", "--iterations", "3", "--results-dir", str(other),
+                 "--data-dir", str(data_dir), "--no-progress"]) == 0
+    results = tmp_path / "results"
+    code = main(["run", "--profile", "smoke", "--images", "house", "--iterations", "4", "--results-dir", str(results),
+                 "--data-dir", str(data_dir), "--with", f"short={other}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "run 'short' cannot be a column of this report: it differs in recipe.iterations" in err
+    assert not results.exists()

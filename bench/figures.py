@@ -92,12 +92,15 @@ def plot_curves(records: list[dict], path: Path) -> Path:
         ax.plot(by_iter["psnr_pasted"].mean().index, by_iter["psnr_pasted"].mean(), color="C2", linewidth=1, label="paste-back")
         if curves["psnr_ema"].notna().all():
             ax.plot(by_iter["psnr_ema"].mean().index, by_iter["psnr_ema"].mean(), color="C1", linestyle="--", label="EMA")
-        interp = [r["reference_psnr"]["interp_linear"] for r in mine if "reference_psnr" in r]
+        interp = [r["reference_psnr"].get("interp_linear") for r in mine if "reference_psnr" in r]
+        interp = [v for v in interp if v is not None]  # None: an exact (infinite-PSNR) interpolation
         if interp:
             ax.axhline(np.mean(interp), color="0.4", linestyle=":", label="interp. linear")
         ax.set_title(f"{name} (n={len(mine)})", fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.set_ylim(bottom=max(0.0, min(raw.mean().iloc[len(raw.mean()) // 10:].min(), np.mean(interp) if interp else 99) - 3))
+        settled = raw.mean().iloc[len(raw.mean()) // 10 :]  # the first steps' very low PSNRs would squash the plot
+        floor = min([settled.min()] + ([np.mean(interp)] if interp else []))
+        ax.set_ylim(bottom=max(0.0, floor - 3))
     axes[0].legend(fontsize=7, loc="lower right")
     figure.supxlabel("iteration", fontsize=9)
     figure.supylabel("PSNR (dB)", fontsize=9)

@@ -20,23 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dip.skipnet import SkipNetConfig, conv_bn_act, upsample
-
-
-class SeedUp(nn.Module):
-    """BN on the concatenated input, conv k x k, conv 1x1, then 2x upsampling."""
-
-    def __init__(self, config: SkipNetConfig, c_in: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.BatchNorm2d(c_in),
-            conv_bn_act(config, c_in, config.channels_up, config.kernel_up),
-            conv_bn_act(config, config.channels_up, config.channels_up, 1),
-            upsample(config),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+from dip.skipnet import SkipNetConfig, conv_bn_act, down_block, merge_block, upsample
 
 
 class SeedNet(nn.Module):
@@ -46,16 +30,13 @@ class SeedNet(nn.Module):
         super().__init__()
         self.config = cfg = config or SkipNetConfig(layout="seed")
         c_down, c_up, c_skip = cfg.channels_down, cfg.channels_up, cfg.channels_skip
-        self.downs = nn.ModuleList(
-            nn.Sequential(
-                conv_bn_act(cfg, cfg.in_channels if i == 0 else c_down, c_down, cfg.kernel_down, stride=2),
-                conv_bn_act(cfg, c_down, c_down, cfg.kernel_down),
-            )
-            for i in range(cfg.scales)
-        )
+        self.downs = nn.ModuleList(down_block(cfg, cfg.in_channels if i == 0 else c_down) for i in range(cfg.scales))
         self.skips = nn.ModuleList(conv_bn_act(cfg, c_down, c_skip, cfg.kernel_skip) for _ in range(cfg.scales))
-        # Ordered deepest first, as the decoder runs: the deepest takes its skip alone.
-        self.ups = nn.ModuleList(SeedUp(cfg, c_skip if i == 0 else c_up + c_skip) for i in range(cfg.scales))
+        # Ordered deepest first, as the decoder runs: the deepest takes its skip alone. Each up block is
+        # the paper network's merge block followed by the upsampling (the paper upsamples before it).
+        self.ups = nn.ModuleList(
+            nn.Sequential(merge_block(cfg, c_skip if i == 0 else c_up + c_skip), upsample(cfg)) for i in range(cfg.scales)
+        )
         self.head = nn.Conv2d(c_up, cfg.out_channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,23 @@ def conv_bn_act(config: SkipNetConfig, c_in: int, c_out: int, kernel: int, strid
     )
 
 
+def down_block(config: SkipNetConfig, c_in: int) -> nn.Sequential:
+    """Strided k x k conv (halves H and W), then a k x k conv: (N, c_in, H, W) -> (N, c_down, H/2, W/2)."""
+    return nn.Sequential(
+        conv_bn_act(config, c_in, config.channels_down, config.kernel_down, stride=2),
+        conv_bn_act(config, config.channels_down, config.channels_down, config.kernel_down),
+    )
+
+
+def merge_block(config: SkipNetConfig, c_in: int) -> nn.Sequential:
+    """BN on the concatenated features, k x k conv, 1x1 conv: (N, c_in, H, W) -> (N, c_up, H, W)."""
+    return nn.Sequential(
+        nn.BatchNorm2d(c_in),
+        conv_bn_act(config, c_in, config.channels_up, config.kernel_up),
+        conv_bn_act(config, config.channels_up, config.channels_up, 1),
+    )
+
+
 class Scale(nn.Module):
     """One scale of the U-Net-like hierarchy; holds the next (deeper) scale as ``inner``."""
 
@@ -119,18 +136,11 @@ class Scale(nn.Module):
         super().__init__()
         c_skip, c_down, c_up = config.channels_skip, config.channels_down, config.channels_up
         self.skip = conv_bn_act(config, c_in, c_skip, config.kernel_skip) if c_skip > 0 else None
-        self.down = nn.Sequential(
-            conv_bn_act(config, c_in, c_down, config.kernel_down, stride=2),
-            conv_bn_act(config, c_down, c_down, config.kernel_down),
-        )
+        self.down = down_block(config, c_in)
         self.inner = inner
         self.upsample = upsample(config)
         c_deeper = c_up if inner is not None else c_down
-        self.merge = nn.Sequential(
-            nn.BatchNorm2d(c_skip + c_deeper),
-            conv_bn_act(config, c_skip + c_deeper, c_up, config.kernel_up),
-            conv_bn_act(config, c_up, c_up, 1),
-        )
+        self.merge = merge_block(config, c_skip + c_deeper)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deeper = self.down(x)  # (N, c_down, H/2, W/2)

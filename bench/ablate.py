@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.config import build_config, execution_path
 from bench.errors import BenchError
-from bench.report import commit_labels, config_diff, image_rows, seed_means, shared_config, snapshot_records
+from bench.report import commit_labels, config_diff, psnr_cell, seed_means, shared_config, snapshot_records, summarise
 from bench.records import write_text_atomic
 from bench.runner import run
 
@@ -162,16 +162,16 @@ def render_ablations(results: dict[str, list[dict]]) -> str:
         })
     table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True, colalign=["left", "left"] + ["right"] * 6)
 
-    per_image = {"Image": [name for _, name, _ in image_rows(base_records)]}
-    for name, recs in results.items():
-        frame = pd.DataFrame([{"image": r["image"], "psnr": r["psnr"]} for r in recs]).groupby("image")["psnr"]
-        per_image[name] = [f"{frame.mean()[k]:.2f} ± {frame.std()[k]:.2f}" if frame.count()[k] > 1 else f"{frame.mean()[k]:.2f}"
-                           for k, _, _ in image_rows(base_records)]
+    # Per image: the report's own per-image summary (mean, sample std over seeds) of each variant.
+    summaries = {name: summarise(recs) for name, recs in results.items()}
+    per_image = {"Image": summaries[BASELINE]["image"]}
+    for name, summary in summaries.items():
+        per_image[name] = [psnr_cell(m, sd) for m, sd in zip(summary["psnr_mean"], summary["psnr_std"])]
     image_table = pd.DataFrame(per_image).to_markdown(index=False, disable_numparse=True)
 
     all_records = [r for recs in results.values() for r in recs]
     seeds = sorted({r["seed"] for r in base_records})
-    images = [name for _, name, _ in image_rows(base_records)]
+    images = list(summaries[BASELINE]["image"])
     recipe = config["recipe"]
     descriptions = "\n".join(f"- `{name}`: {VARIANTS[name].description}" for name in results)
     return "\n\n".join([

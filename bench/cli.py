@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from bench.check import compare, load_baseline, make_baseline
-from bench.config import PROFILES, add_config_flags, build_config
+from bench.config import PROFILES, add_config_flags, build_config, cell_recipe, resolve_device
 from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic, write_text_atomic
-from bench.report import render, shared_config, write_report
-from bench.runner import estimate_seconds, measure_ms_per_iter, run
+from bench.report import check_comparable, render, shared_config, write_report
+from bench.runner import estimate_seconds, measure_ms_per_iter, run, run_fields
 from dip.skipnet import SkipNetConfig, check_input_size
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -114,15 +114,12 @@ def parse_others(specs: list[str]) -> dict[str, list[dict]]:
 
 
 def check_others_match(config, others: dict[str, list[dict]]) -> None:
-    """Refuse, before training, a --with run whose crop, mask or iteration count differs from ``config``'s
-    (the report would refuse it after training; see bench.report.check_comparable)."""
-    mine = {"crop": config.crop, "mask": config.mask, "recipe.iterations": config.recipe.iterations}
+    """Refuse, before training, a --with run that the report would refuse after it: the same rule
+    (bench.report.check_comparable) on the configuration this run's records will share."""
+    device = resolve_device(config.device)
+    mine = run_fields(config, device, cell_recipe(config, device, out_channels=1))  # channels: a recipe field
     for label, records in others.items():
-        shared = shared_config(records)
-        theirs = {"crop": shared.get("crop"), "mask": shared.get("mask"), "recipe.iterations": shared["recipe"]["iterations"]}
-        differing = [k for k in mine if theirs[k] != mine[k]]
-        if differing:
-            raise BenchError(f"run {label!r} cannot be a column of this report: it differs in {', '.join(differing)}")
+        check_comparable(mine, shared_config(records), label)
 
 
 def _add_results_dir(parser: argparse.ArgumentParser) -> None:

@@ -1,15 +1,10 @@
-"""Pictures: a panel PNG per (image, seed) cell, and the report's plots (matplotlib, no display).
-
-Panels show the test images, which the project downloads and does not redistribute: they are
-written into the (git-ignored) results directory only. Plots hold numbers, not pixels, and are
-committed beside the report.
-"""
+"""The report's plots (matplotlib, no display). They hold numbers, not pixels, and are committed
+beside the report; the per-cell pictures are :mod:`bench.panels`."""
 
 from __future__ import annotations
 
 import io
 import math
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,45 +13,9 @@ matplotlib.use("Agg")  # headless: CI and clusters have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
 from bench.records import write_bytes_atomic  # noqa: E402
 from dip.metrics import psnr_pasted_from_loss  # noqa: E402
-
-PANEL_GAP = 4  # white pixels between tiles
-PANEL_LABEL_HEIGHT = 14  # a strip above the tiles with their names
-ERROR_GAIN = 4  # |restored - truth| is shown x4 (clipped), so 0.25 and above is white
-
-
-def observed(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The masked input: ``image`` (H, W[, C]) with the dropped pixels zeroed; ``mask`` is (H, W)."""
-    return image * (mask[..., None] if image.ndim == 3 else mask)
-
-
-def panel(truth: np.ndarray, mask: np.ndarray, restored: np.ndarray) -> np.ndarray:
-    """uint8 (14 + H, 4 W + 12[, 3]): ground truth | masked input | restored | absolute error x4."""
-    tiles = [truth, observed(truth, mask), restored, np.clip(ERROR_GAIN * np.abs(restored - truth), 0.0, 1.0)]
-    height, width = truth.shape[:2]
-    shape = (PANEL_LABEL_HEIGHT + height, 4 * width + 3 * PANEL_GAP) + truth.shape[2:]
-    canvas = np.ones(shape, dtype=np.float64)
-    for k, tile in enumerate(tiles):
-        left = k * (width + PANEL_GAP)
-        canvas[PANEL_LABEL_HEIGHT:, left : left + width] = tile
-    return np.round(np.clip(canvas, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def write_panel(path: Path, truth: np.ndarray, mask: np.ndarray, restored: np.ndarray) -> Path:
-    """Write :func:`panel` as a PNG (atomically), with the tiles' names in its top strip."""
-    image = Image.fromarray(panel(truth, mask, restored))
-    draw = ImageDraw.Draw(image)
-    width = truth.shape[1]
-    labels = ("ground truth", "masked input", "restored", f"|error| x{ERROR_GAIN}")
-    for k, label in enumerate(labels):
-        draw.text((k * (width + PANEL_GAP) + 2, 1), label, fill=0 if image.mode == "L" else (0, 0, 0))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -127,8 +86,3 @@ def plot_vs_reference(summary: pd.DataFrame, columns: dict[str, str], path: Path
     ax.legend(fontsize=7, ncol=3, loc="best")
     figure.tight_layout()
     return _save(figure, path)
-
-
-def relative_link(target: Path, start: Path) -> str:
-    """A markdown link path from the directory ``start`` to ``target``, with forward slashes."""
-    return Path(os.path.relpath(target, start)).as_posix()

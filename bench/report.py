@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +131,8 @@ def extra_table(summary: pd.DataFrame, others: dict[str, pd.DataFrame] | None = 
     table.insert(2, "at iter.", summary["best_iteration"].map("{:.0f}".format))
     mean_row = {"Image": "**Mean**", "at iter.": "", **{t: _fmt(summary[k].mean()) for k, t in EXTRA_COLUMNS.items()}}
     for label, other in (others or {}).items():
-        joined = summary[["image"]].merge(other, on="image", how="left")
-        table[label] = [_fmt(m) if np.isnan(sd) or np.isnan(m) else _psnr_cell(m, sd) for m, sd in zip(joined["psnr_mean"], joined["psnr_std"])]
+        joined = aligned(summary, other)
+        table[label] = [_fmt(m) if np.isnan(sd) or np.isnan(m) else psnr_cell(m, sd) for m, sd in zip(joined["psnr_mean"], joined["psnr_std"])]
         mean_row[label] = _fmt(joined["psnr_mean"].mean())
     table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
     return table.to_markdown(index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(table.columns) - 1))
@@ -151,7 +153,7 @@ def _size(record: pd.Series) -> str:
     return f"{w}x{h}" if (h, w) == (full_h, full_w) else f"{w}x{h} crop of {full_w}x{full_h}"
 
 
-def _psnr_cell(mean: float, std: float) -> str:
+def psnr_cell(mean: float, std: float) -> str:
     return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
@@ -172,7 +174,7 @@ def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None) 
             "Papyan et al.": summary["papyan"].map(_fmt),
             "DIP (Table 1)": summary["dip_paper"].map(_fmt),
             "Seed repro.": summary["seed_repro"].map(_fmt),
-            "This run": [_psnr_cell(m, s) for m, s in zip(summary["psnr_mean"], summary["psnr_std"])],
+            "This run": [psnr_cell(m, s) for m, s in zip(summary["psnr_mean"], summary["psnr_std"])],
             "n": summary["n"].astype(str),
             "Δ vs Table 1": summary["delta"].map(lambda d: _fmt(d, "{:+.2f}")),
             "Paste-back": summary["psnr_pasted"].map("{:.2f}".format),
@@ -196,7 +198,7 @@ def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None) 
         "Device": "",
     }
     if table_means is not None and len(table_means) > 1:  # the table mean of each seed: their spread
-        mean_row["This run"] = _psnr_cell(float(table_means.mean()), float(table_means.std(ddof=1)))
+        mean_row["This run"] = psnr_cell(float(table_means.mean()), float(table_means.std(ddof=1)))
     if summary["n"].max() > 1:  # several seeds: show their range next to n
         table.insert(7, "Min to max", [f"{lo:.2f} to {hi:.2f}" for lo, hi in zip(summary["psnr_min"], summary["psnr_max"])])
         mean_row["Min to max"] = f"{summary['psnr_min'].min():.2f} to {summary['psnr_max'].max():.2f}"
@@ -272,25 +274,53 @@ def check_comparable(config: dict, other: dict, label: str) -> list[str]:
     return differing
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a report is built from, computed once: the run's shared configuration and per-image
+    summary, and for each other run (label -> records) its summary and the fields it differs in."""
+
+    records: list[dict]
+    config: dict
+    summary: pd.DataFrame
+    others: dict[str, list[dict]]
+    other_summaries: dict[str, pd.DataFrame]
+    differing: dict[str, list[str]]
+
+
+def prepare(records: list[dict], others: dict[str, list[dict]] | None = None) -> Prepared:
+    """Check the records (one configuration; others comparable) before anything is computed or written."""
+    others = others or {}
+    config = shared_config(records)
+    differing = {label: check_comparable(config, shared_config(recs), label) for label, recs in others.items()}
+    return Prepared(records, config, summarise(records), others,
+                    {label: summarise(recs) for label, recs in others.items()}, differing)
+
+
 def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = ()) -> str:
     """The report: header, main table, second table with reference rows and ``others`` (label ->
     records of another run of the same protocol with a different recipe), then ``sections``."""
-    config = shared_config(records)
-    summary = summarise(records)
-    parts = [header(records, config), markdown_table(summary, seed_means(records)), LEGEND]
-    others = others or {}
-    extra = extra_table(summary, {label: summarise(recs) for label, recs in others.items()})
+    return render_prepared(prepare(records, others), sections)
+
+
+def render_prepared(prep: Prepared, sections: tuple[str, ...] = ()) -> str:
+    records = prep.records
+    parts = [header(records, prep.config), markdown_table(prep.summary, seed_means(records)), LEGEND]
+    extra = extra_table(prep.summary, prep.other_summaries)
     if extra is not None:
         parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
-        for label, recs in others.items():
-            differing = check_comparable(config, shared_config(recs), label)
+        for label, recs in prep.others.items():
             seeds = sorted({r["seed"] for r in recs})
             parts.append(
                 f"*{label}*: {len(recs)} records (seeds {', '.join(map(str, seeds))}), commit "
                 f"{', '.join(commit_labels(recs))}; its configuration differs from this run's only in: "
-                f"{', '.join(differing) or 'nothing'}."
+                f"{', '.join(prep.differing[label]) or 'nothing'}."
             )
     return "\n\n".join(parts + list(sections)) + "\n"
+
+
+def aligned(summary: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """``other``'s per-image summary in the row order of ``summary`` (NaN for images it lacks)."""
+    return summary[["image"]].merge(other, on="image", how="left")
 
 
 def write_report(
@@ -304,17 +334,17 @@ def write_report(
     """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
     reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
     it was built from (and of ``others``) into ``records_dir``."""
-    from bench.figures import plot_curves, plot_vs_reference, relative_link  # matplotlib: only here
+    from bench.figures import plot_curves, plot_vs_reference  # matplotlib: only here
 
-    others = others or {}
+    prep = prepare(records, others)
     figures_dir = out.parent / out.stem
-    summary = summarise(records)
-    for label, recs in others.items():
-        summary[label] = summary[["image"]].merge(summarise(recs), on="image", how="left")["psnr_mean"].to_numpy()
     sections = []
     if all("curve" in r for r in records):  # records written before curves existed get no plots
         curves = plot_curves(records, figures_dir / "psnr_curves.png")
-        rows = dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"} | {label: label for label in others}
+        summary = prep.summary.copy()
+        for label, other in prep.other_summaries.items():
+            summary[label] = aligned(summary, other)["psnr_mean"].to_numpy()
+        rows = dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"} | {label: label for label in prep.others}
         versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
         sections += [
             "## Plots",
@@ -327,13 +357,18 @@ def write_report(
         ]
     if results_dir is not None:
         sections += panel_links(records, results_dir, out.parent)
-    text = render(records, others, tuple(sections))
+    text = render_prepared(prep, tuple(sections))
     if records_dir is not None:
         snapshot_records(records, records_dir)
-        for label, recs in others.items():
+        for label, recs in prep.others.items():
             snapshot_records(recs, records_dir.with_name(f"records-{slug(label)}"))
     write_text_atomic(out, text)
     return out
+
+
+def relative_link(target: Path, start: Path) -> str:
+    """A markdown link path from the directory ``start`` to ``target``, with forward slashes."""
+    return Path(os.path.relpath(target, start)).as_posix()
 
 
 def slug(label: str) -> str:
@@ -343,8 +378,6 @@ def slug(label: str) -> str:
 def panel_links(records: list[dict], results_dir: Path, start: Path) -> list[str]:
     """A "Panels" section linking each record's panel PNG, where it exists (the results directory is
     git-ignored: panels show the test images, which are downloaded, not redistributed)."""
-    from bench.figures import relative_link
-
     lines = []
     for key, name, _ in image_rows(records):
         links = [

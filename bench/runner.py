@@ -22,12 +22,12 @@ from tqdm import tqdm
 from bench.config import RunConfig, cell_recipe, resolve_device
 from bench.data import ImageInfo, centre_crop, file_image_info, load_image, read_any_image, resolve_image, sha256_of
 from bench.errors import BenchError
-from bench.figures import observed, write_panel
+from bench.panels import write_panel
 from bench.hardware import peak_tflops
 from bench.provenance import device_name, provenance
 from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_bytes_atomic, write_json_atomic
 from dip.baselines import interpolate_missing
-from dip.masks import bernoulli_mask, mask_digest, paper_mask
+from dip.masks import apply_mask, bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
 from dip.restore import DivergenceError, RestoreConfig, check_device, restore
 from dip.seeding import derived_seed
@@ -70,13 +70,19 @@ class Cell:
 PANELS_DIR = "panels"  # beside the records, in the results directory (git-ignored: the test images)
 
 
-def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
-    fields = {"profile": config.profile, "image": source.info.key, **source.origin, "seed": seed, "crop": config.crop,
-              "mask": config.mask}
+def run_fields(config: RunConfig, device: torch.device, recipe: RestoreConfig) -> dict:
+    """The configuration all cells of a run share: a record's ``config`` without image, seed and file
+    (what bench.report.shared_config reads back), JSON-ready (tuples -> lists, as a stored record has them)."""
+    fields = {"profile": config.profile, "crop": config.crop, "mask": config.mask}
     if config.mask == "bernoulli":
         fields["keep"] = config.keep
     fields |= {"device": str(device), "recipe_name": config.recipe_name, "recipe": recipe.to_dict()}
-    return json.loads(json.dumps(fields))  # tuples -> lists, as a stored record has them
+    return json.loads(json.dumps(fields))
+
+
+def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
+    shared = run_fields(config, device, recipe)
+    return {"profile": shared.pop("profile"), "image": source.info.key, **source.origin, "seed": seed, **shared}
 
 
 def table_source(info: ImageInfo, config: RunConfig, data_dir: Path) -> Source:
@@ -148,7 +154,7 @@ def reference_scores(cell: Cell) -> dict[str, float]:
     (restored from their own masks) and classical interpolation of the missing pixels (this cell's mask)."""
     scores = {f"{kind}_published": psnr(cell.image, output) for kind, output in cell.published.items()}
     for method in ("nearest", "linear"):
-        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(observed(cell.image, cell.mask), cell.mask, method))
+        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(apply_mask(cell.image, cell.mask), cell.mask, method))
     # An exact reconstruction (e.g. linear interpolation of a ramp) has infinite PSNR, which JSON cannot hold.
     return {key: value if math.isfinite(value) else None for key, value in scores.items()}
 
@@ -167,11 +173,11 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
     )
     timing = result.timing
     best = max(result.curve, key=lambda p: p.psnr)
-    gflop = gflop_per_iteration(cell.recipe.net, *cell.image.shape[:2])
+    height, width = cell.image.shape[:2]
+    gflop = gflop_per_iteration(cell.recipe.net, height, width)
     gflops = gflop / (timing.median_ms_per_iter / 1e3)
     peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
     memory, memory_kind = peak_memory_bytes(device)
-    height, width = cell.image.shape[:2]
     record = {
         "schema": SCHEMA,
         "status": COMPLETE,
@@ -185,7 +191,7 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         "psnr_ema": None if result.output_ema is None else psnr(cell.image, result.output_ema),
         "psnr_best": best.psnr,  # what an oracle early stop at an evaluation point would get
         "best_iteration": best.iteration,
-        "psnr_masked_input": psnr(cell.image, observed(cell.image, cell.mask)),
+        "psnr_masked_input": psnr(cell.image, apply_mask(cell.image, cell.mask)),
         "reference_psnr": reference_scores(cell),
         "final_loss": result.final_loss,
         "backtracks": result.backtracks,

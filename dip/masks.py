@@ -40,3 +40,8 @@ def mask_digest(mask: np.ndarray) -> str:
     """sha256 of the mask's bits, recorded with every result so masks can be compared across runs."""
     packed = np.packbits(np.asarray(mask, dtype=bool), axis=None)
     return hashlib.sha256(packed.tobytes() + repr(mask.shape).encode()).hexdigest()
+
+
+def apply_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The observation: ``image`` (H, W[, C]) with the dropped pixels zeroed; ``mask`` (H, W) is shared by channels."""
+    return image * (mask[..., None] if image.ndim == 3 else mask)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.figures import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, plot_curves, plot_vs_reference, write_panel
+from bench.figures import plot_curves, plot_vs_reference
+from bench.panels import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, write_panel
 from bench.report import summarise
 from tests.test_report import fixture_record
 

@@ -118,7 +118,7 @@ def test_own_image_file_runs_the_same_protocol(channels, tmp_path, data_dir, cap
     from PIL import Image
 
     from bench.cli import main
-    from bench.figures import PANEL_GAP, PANEL_LABEL_HEIGHT
+    from bench.panels import PANEL_GAP, PANEL_LABEL_HEIGHT
 
     house = np.asarray(Image.open(data_dir / "house_GT.png"))[96:160, 96:160]  # (64, 64) uint8
     pixels = house if channels == 1 else np.stack([house, house[::-1], 255 - house], axis=2)

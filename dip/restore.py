@@ -4,12 +4,16 @@ The recipe (REFERENCE.md section 2): a fixed input z ~ 0.1 * U[0, 1) of shape (1
 every iteration the network sees z + 0.03 * N(0, 1) (fresh noise around the fixed z); the loss is
 the MSE between out * m and x * m over all pixels; Adam with lr 1e-3. The authors' runs also
 backtracked: every 50 iterations, if the PSNR of out * m against x * m fell by more than 5 dB since
-the last accepted check, the parameters kept at that check are copied back.
+the last accepted check, the parameters kept at that check are copied back. Beyond the paper: a
+non-finite loss is caught at the step it happens (restore the last good state, or fail), and the
+loop's whole state can be checkpointed and resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -58,10 +62,13 @@ class RestoreConfig:
     net: SkipNetConfig = field(default_factory=SkipNetConfig)
 
     def __post_init__(self) -> None:
+        not_finite = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if not_finite:
+            raise ValueError(f"{', '.join(not_finite)} must be finite")
         if self.iterations < 1:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr <= 1e30:  # beyond, Adam's update overflows float32 inside the optimiser
+            raise ValueError(f"lr must be in (0, 1e30], got {self.lr}")
         if self.input_noise not in ("fixed", "cumulative"):
             raise ValueError(f"unknown input_noise {self.input_noise!r}; choose from fixed, cumulative")
         if self.precision not in PRECISIONS:
@@ -101,6 +108,8 @@ class RestoreResult:
     backtrack_iterations: list[int]
     timing: TimingSummary
     precision: str
+    divergences: list[int] = field(default_factory=list)  # iterations with a non-finite loss, each undone
+    resumed_at: list[int] = field(default_factory=list)  # iterations this result was resumed from
 
 
 def autocast_context(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
@@ -227,11 +236,95 @@ class Trainer:
     def kept_parameters(self) -> list[torch.Tensor]:
         return [p.detach().clone() for p in self.params]
 
+    def kept_optimizer_state(self) -> dict:
+        return copy.deepcopy(self.optimizer.state_dict())  # deep: the live state tensors change in place
+
+    def restore_optimizer_state(self, kept: dict) -> None:
+        # load_state_dict keeps tensors that already have the right device and dtype: copy, or the
+        # next steps would update the kept snapshot in place.
+        self.optimizer.load_state_dict(copy.deepcopy(kept))
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        """What a resumed Trainer needs to take the same next step (live tensors: serialise at once)."""
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "z": self.z,
+            "net_input": self.net_input,
+            "noise_gen": self.noise_gen.get_state(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])  # copies in place: memory format and captured graphs kept
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        with torch.no_grad():
+            self.z.copy_(state["z"])
+            self.net_input.copy_(state["net_input"])
+        self.noise_gen.set_state(state["noise_gen"].cpu())  # a generator's state is a CPU byte tensor, on any device
+        self.steps = int(state["steps"])
+
     @torch.no_grad()
     def final_output(self) -> torch.Tensor:
         """The notebook's final image: one more pass on the last perturbed input, still in train mode."""
         with autocast_context(self.device, self.config.precision):
             return self.net(self.net_input).float()  # eager: no graph or compiled variant needed once
+
+
+@dataclass
+class Checkpointing:
+    """Saving and resuming the state of :func:`restore`'s loop; where a state goes is the caller's
+    business. ``save(state)`` must serialise ``state`` before it returns (it holds live tensors)."""
+
+    every: int = 0  # save after every this many iterations; 0: only when a stop is requested
+    save: Callable[[dict], None] | None = None
+    resume: dict | None = None  # a state given to ``save`` earlier: training continues from it
+    stop_requested: Callable[[], bool] = field(default=lambda: False)  # polled after every step
+
+
+class TrainingStopped(Exception):
+    """A stop was requested; the state after ``iteration`` iterations was saved (if a ``save`` was given)."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped after iteration {iteration}")
+        self.iteration = iteration
+
+
+DIVERGENCE_POLICIES = ("backtrack", "fail")
+MAX_CONSECUTIVE_RESTORES = 10  # a state that diverges again at once this many times is given up on
+
+
+@dataclass
+class _LoopState:
+    """Everything of the loop besides the Trainer that a resumed run needs to finish identically."""
+
+    kept: list[torch.Tensor]  # parameters at the last accepted check
+    kept_optimizer: dict  # Adam's state there: restored (with the parameters) after a non-finite loss
+    next_iteration: int = 0
+    kept_psnr: float = 0.0  # the notebook's psnr_masked_last starts at 0
+    final_loss: float = math.nan
+    ema: torch.Tensor | None = None  # (1, C, H, W), updated on the device without syncs
+    curve: list[CurvePoint] = field(default_factory=list)
+    backtrack_iterations: list[int] = field(default_factory=list)
+    divergences: list[int] = field(default_factory=list)  # iterations whose loss was not finite
+    resumed_at: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["curve"] = [asdict(p) for p in self.curve]
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device) -> _LoopState:
+        loop = cls(**{k: v for k, v in state.items() if k != "curve"})
+        loop.curve = [CurvePoint(**p) for p in state["curve"]]
+        loop.kept = [t.to(device) for t in loop.kept]
+        loop.ema = None if loop.ema is None else loop.ema.to(device)
+        return loop
 
 
 def restore(
@@ -243,57 +336,73 @@ def restore(
     device: torch.device | str = "cpu",
     reference: np.ndarray | None = None,
     callback: Callable[[int, CurvePoint | None], None] | None = None,
+    on_divergence: str = "backtrack",
+    checkpointing: Checkpointing | None = None,
 ) -> RestoreResult:
     """Inpaint ``observed`` (H, W[, C], floats in [0, 1]) where ``mask`` (H, W) is 0.
 
     Pixels where the mask is 0 are zeroed before training, so the method never sees them.
     ``reference`` (the ground truth) only feeds the PSNR curve. ``callback(i, point)`` is called after
     every iteration i, with a :class:`CurvePoint` at evaluation iterations and None otherwise.
-    The host synchronises only at evaluation and backtracking iterations (every 50 by default), not
-    at every step as the authors' notebook did (it scored two PSNRs on the CPU each iteration).
-    Raises :class:`DivergenceError` on a non-finite loss, checked at each of those points and at the end.
+
+    Every step's loss is read on the host (one sync per step: the price of catching a non-finite loss
+    before the optimiser applies its gradients; a NaN anywhere in the output makes the masked loss NaN
+    too, since NaN * 0 is NaN). ``on_divergence``: "fail" raises :class:`DivergenceError`; "backtrack"
+    restores the parameters and Adam's state of the last accepted check, skips that step and goes on,
+    up to :data:`MAX_CONSECUTIVE_RESTORES` times in a row. ``checkpointing`` saves the loop's state
+    every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
+    resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
     """
+    if on_divergence not in DIVERGENCE_POLICIES:
+        raise ValueError(f"unknown on_divergence {on_divergence!r}; choose from {', '.join(DIVERGENCE_POLICIES)}")
     device = torch.device(device)
+    ckpt = checkpointing or Checkpointing()
     trainer = Trainer(observed, mask, config, seed=seed, device=device)
     ref = None if reference is None else to_tensor(reference, device)
-    kept = trainer.kept_parameters()
-    kept_psnr = 0.0  # the notebook's psnr_masked_last starts at 0
-    backtrack_iterations: list[int] = []
-    losses = torch.zeros(config.iterations, device=device)  # filled without host syncs
-    curve: list[CurvePoint] = []
+    if ckpt.resume is not None:
+        trainer.load_state_dict(ckpt.resume["trainer"])
+        loop = _LoopState.from_dict(ckpt.resume["loop"], device)
+        loop.resumed_at.append(loop.next_iteration)
+    else:
+        loop = _LoopState(kept=trainer.kept_parameters(), kept_optimizer=trainer.kept_optimizer_state())
+    # Snapshots for a non-finite loss are taken at the checks even when the recipe does not backtrack.
+    checks = config.backtracking or on_divergence == "backtrack"
 
-    timer = IterationTimer(device, warmup=min(config.timer_warmup, config.iterations - 1), window=config.timer_window)
+    remaining = config.iterations - loop.next_iteration
+    timer = IterationTimer(device, warmup=min(config.timer_warmup, remaining - 1), window=config.timer_window)
+    if ckpt.resume is not None:
+        timer.load_state_dict(ckpt.resume["timer"])
     timer.start()
-    ema: torch.Tensor | None = None  # (1, C, H, W), updated on the device without syncs
-    for i in range(config.iterations):
+    restores_in_a_row = 0
+    for i in range(loop.next_iteration, config.iterations):
         out, loss = trainer.forward_backward()
-        losses[i] = loss
-        if config.ema_decay > 0:
-            ema = out.detach().clone() if ema is None else ema.lerp_(out.detach(), 1.0 - config.ema_decay)
-        at_check = config.backtracking and i % config.backtrack_every == 0
-        at_eval = i % config.eval_every == 0 or i == config.iterations - 1
+        loss_value = float(loss)
         point = None
-        if at_check or at_eval:
-            loss_value = _finite_loss(losses, i)
-            psnr_masked = psnr_from_mse(loss_value)
-            if at_check:
-                if psnr_masked - kept_psnr < -config.backtrack_drop_db:
-                    trainer.restore_parameters(kept)
-                    backtrack_iterations.append(i)
-                else:
-                    kept, kept_psnr = trainer.kept_parameters(), psnr_masked
-            if at_eval:
-                psnr = psnr_ema = None
-                if ref is not None:
-                    psnr = psnr_from_mse(F.mse_loss(out.detach(), ref).item())
-                    psnr_ema = None if ema is None else psnr_from_mse(F.mse_loss(ema, ref).item())
-                point = CurvePoint(i, loss_value, psnr_masked, psnr, psnr_ema)
-                curve.append(point)
-        # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
-        trainer.optimizer_step()
+        if not math.isfinite(loss_value):
+            if on_divergence == "fail":
+                raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
+            restores_in_a_row += 1
+            if restores_in_a_row > MAX_CONSECUTIVE_RESTORES:
+                raise DivergenceError(
+                    f"training diverged: non-finite loss at iteration {i} and at the {MAX_CONSECUTIVE_RESTORES} "
+                    f"iterations before it, each time after restoring the last good state"
+                )
+            trainer.restore_parameters(loop.kept)
+            trainer.restore_optimizer_state(loop.kept_optimizer)
+            loop.divergences.append(i)  # no optimiser step: its gradients are not finite
+        else:
+            restores_in_a_row = 0
+            loop.final_loss = loss_value
+            if config.ema_decay > 0:
+                o = out.detach()
+                loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - config.ema_decay)
+            point = _check_and_evaluate(trainer, loop, config, i, loss_value, out, ref, checks)
+            # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
+            trainer.optimizer_step()
         timer.tick()
         if callback is not None:
             callback(i, point)
+        _maybe_checkpoint(trainer, loop, timer, ckpt, i + 1, config.iterations)
     timing = timer.summary()
 
     final = trainer.final_output()
@@ -301,20 +410,48 @@ def restore(
         raise DivergenceError("the network's final output is not finite")
     return RestoreResult(
         output=to_numpy(final),
-        output_ema=None if ema is None else to_numpy(ema),
-        curve=curve,
-        final_loss=float(losses[-1]),
-        backtracks=len(backtrack_iterations),
-        backtrack_iterations=backtrack_iterations,
+        output_ema=None if loop.ema is None else to_numpy(loop.ema),
+        curve=loop.curve,
+        final_loss=loop.final_loss,
+        backtracks=len(loop.backtrack_iterations),
+        backtrack_iterations=loop.backtrack_iterations,
         timing=timing,
         precision=config.precision,
+        divergences=loop.divergences,
+        resumed_at=loop.resumed_at,
     )
 
 
-def _finite_loss(losses: torch.Tensor, i: int) -> float:
-    """The loss of iteration i; raises if any loss up to i was not finite (one host sync)."""
-    seen = losses[: i + 1]
-    if not bool(torch.isfinite(seen).all()):
-        first = int((~torch.isfinite(seen)).nonzero()[0])
-        raise DivergenceError(f"training diverged: non-finite loss at iteration {first}")
-    return float(seen[i])
+def _check_and_evaluate(trainer: Trainer, loop: _LoopState, config: RestoreConfig, i: int, loss_value: float,
+                        out: torch.Tensor, ref: torch.Tensor | None, checks: bool) -> CurvePoint | None:
+    """The authors' backtracking check (every ``backtrack_every``) and a curve point (every ``eval_every``)."""
+    psnr_masked = psnr_from_mse(loss_value)
+    if checks and i % config.backtrack_every == 0:
+        if config.backtracking and psnr_masked - loop.kept_psnr < -config.backtrack_drop_db:
+            trainer.restore_parameters(loop.kept)
+            loop.backtrack_iterations.append(i)
+        else:
+            loop.kept, loop.kept_psnr = trainer.kept_parameters(), psnr_masked
+            loop.kept_optimizer = trainer.kept_optimizer_state()
+    if not (i % config.eval_every == 0 or i == config.iterations - 1):
+        return None
+    psnr = psnr_ema = None
+    if ref is not None:
+        psnr = psnr_from_mse(F.mse_loss(out.detach(), ref).item())
+        psnr_ema = None if loop.ema is None else psnr_from_mse(F.mse_loss(loop.ema, ref).item())
+    point = CurvePoint(i, loss_value, psnr_masked, psnr, psnr_ema)
+    loop.curve.append(point)
+    return point
+
+
+def _maybe_checkpoint(trainer: Trainer, loop: _LoopState, timer: IterationTimer, ckpt: Checkpointing,
+                      done: int, iterations: int) -> None:
+    """Save after ``done`` iterations if one is due or a stop was requested; raise TrainingStopped on a stop."""
+    stop = ckpt.stop_requested()
+    due = ckpt.every > 0 and done % ckpt.every == 0 and done < iterations
+    if ckpt.save is not None and (due or (stop and done < iterations)):
+        loop.next_iteration = done
+        with timer.paused():  # writing the file is not an iteration's time
+            ckpt.save({"trainer": trainer.state_dict(), "loop": loop.to_dict(), "timer": timer.state_dict()})
+    if stop and done < iterations:
+        raise TrainingStopped(done)

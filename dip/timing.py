@@ -9,9 +9,11 @@ excluded, as in timm's benchmark.py and nanoGPT's bench.py.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +27,7 @@ class TimingSummary:
     iters_per_s: float
     timed_iterations: int
     warmup_iterations: int
-    total_s: float  # wall-clock of the whole loop, warm-up and evaluation included
+    total_s: float  # wall-clock of the whole loop, warm-up and evaluation included (all segments if resumed)
     clock: str  # "cuda_event" or "perf_counter"
 
     def to_dict(self) -> dict:
@@ -52,7 +54,12 @@ class _Mark:
 
 
 class IterationTimer:
-    """Call :meth:`start` before the loop, :meth:`tick` after each iteration, :meth:`summary` after."""
+    """Call :meth:`start` before the loop, :meth:`tick` after each iteration, :meth:`summary` after.
+
+    A loop resumed from a checkpoint carries the finished windows over (:meth:`state_dict`,
+    :meth:`load_state_dict` before :meth:`start`); the resumed process warms up again, since its
+    allocator and kernel caches start cold.
+    """
 
     def __init__(self, device: torch.device | str, warmup: int = 5, window: int = 50) -> None:
         if warmup < 0 or window < 1:
@@ -62,20 +69,24 @@ class IterationTimer:
         self.window = window
         self.window_ms_per_iter: list[float] = []
         self.window_sizes: list[int] = []
-        self._iterations = 0
+        self._iterations = 0  # over all segments of a resumed loop
+        self._since_start = 0  # in this process: what the warm-up counts
         self._open: _Mark | None = None
         self._open_at = 0
         self._t0 = 0.0
+        self._earlier_s = 0.0  # wall-clock of the segments before a resume
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
+        self._since_start = 0
         if self.warmup == 0:
-            self._open, self._open_at = _Mark(self.device), 0
+            self._open, self._open_at = _Mark(self.device), self._iterations
 
     def tick(self) -> None:
         self._iterations += 1
+        self._since_start += 1
         if self._open is None:
-            if self._iterations == self.warmup:
+            if self._since_start == self.warmup:
                 self._open, self._open_at = _Mark(self.device), self._iterations
         elif self._iterations - self._open_at == self.window:
             self._close()
@@ -87,12 +98,37 @@ class IterationTimer:
         self.window_sizes.append(n)
         self._open, self._open_at = end, self._iterations
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the work inside (writing a checkpoint) out of the timed windows."""
+        timing = self._open is not None
+        if timing and self._iterations > self._open_at:
+            self._close()
+        yield
+        if timing:
+            self._open, self._open_at = _Mark(self.device), self._iterations
+
+    def state_dict(self) -> dict:
+        """The finished windows and the time so far (a window still open is not carried over)."""
+        return {
+            "window_ms_per_iter": list(self.window_ms_per_iter),
+            "window_sizes": list(self.window_sizes),
+            "iterations": self._iterations,
+            "elapsed_s": self._earlier_s + time.perf_counter() - self._t0,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window_ms_per_iter = list(state["window_ms_per_iter"])
+        self.window_sizes = list(state["window_sizes"])
+        self._iterations = int(state["iterations"])
+        self._earlier_s = float(state["elapsed_s"])
+
     def summary(self) -> TimingSummary:
         if self._open is not None and self._iterations > self._open_at:
             self._close()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        total_s = time.perf_counter() - self._t0
+        total_s = self._earlier_s + time.perf_counter() - self._t0
         if not self.window_ms_per_iter:
             raise ValueError(
                 f"no iteration was timed: {self._iterations} iterations ran, {self.warmup} are warm-up"

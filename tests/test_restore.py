@@ -7,7 +7,7 @@ import torch
 from bench.data import centre_crop, load_image, load_images
 from dip.masks import bernoulli_mask
 from dip.metrics import psnr
-from dip.restore import DivergenceError, RestoreConfig, Trainer, restore
+from dip.restore import MAX_CONSECUTIVE_RESTORES, DivergenceError, RestoreConfig, Trainer, restore
 from dip.skipnet import SkipNetConfig
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
@@ -66,12 +66,56 @@ def test_backtracking_keeps_parameters_while_psnr_does_not_drop(house64):
     assert result.backtracks == 0
 
 
-def test_non_finite_loss_raises_divergence_error(house64):
+def test_non_finite_loss_fails_at_once_or_gives_up_after_repeated_restores(house64):
     image, mask = house64
     poisoned = image.copy()
     poisoned[mask == 1] = np.nan  # a NaN in an observed pixel reaches the loss at once
-    with pytest.raises(DivergenceError, match="non-finite loss at iteration 0"):
-        restore(poisoned, mask, RestoreConfig(iterations=3, net=TINY_NET), seed=0)
+    config = RestoreConfig(iterations=30, net=TINY_NET)
+    with pytest.raises(DivergenceError, match="non-finite loss at iteration 0$"):
+        restore(poisoned, mask, config, seed=0, on_divergence="fail")
+    # restoring cannot help when every step is non-finite: given up after MAX_CONSECUTIVE_RESTORES
+    with pytest.raises(DivergenceError, match=f"at iteration {MAX_CONSECUTIVE_RESTORES} and at the {MAX_CONSECUTIVE_RESTORES} iterations before"):
+        restore(poisoned, mask, config, seed=0, on_divergence="backtrack")
+    with pytest.raises(ValueError, match="unknown on_divergence"):
+        restore(image, mask, config, seed=0, on_divergence="ignore")
+
+
+def _poison_step(monkeypatch, at_step: int) -> None:
+    """Make the optimiser step number ``at_step`` (0-based) write a NaN into a weight, once."""
+    step = Trainer.optimizer_step
+    calls = []
+
+    def poisoned(self):
+        step(self)
+        if len(calls) == at_step:
+            with torch.no_grad():
+                self.params[0].view(-1)[0] = float("nan")
+        calls.append(1)
+
+    monkeypatch.setattr(Trainer, "optimizer_step", poisoned)
+
+
+def test_a_nan_weight_is_caught_at_the_next_step_and_undone(house64, monkeypatch):
+    """Iteration 13 sees the NaN weight written by step 12: the state kept at check 10 comes back
+    (parameters and Adam's moments), step 13 is skipped, and training goes on to a finite result."""
+    image, mask = house64
+    config = RestoreConfig(iterations=40, backtrack_every=10, eval_every=10, net=TINY_NET)
+    clean = restore(image, mask, config, seed=0, reference=image)
+    _poison_step(monkeypatch, 12)
+    result = restore(image, mask, config, seed=0, reference=image)
+    assert result.divergences == [13] and result.backtracks == 0
+    assert np.isfinite(result.output).all() and np.isfinite(result.final_loss)
+    assert [p.iteration for p in result.curve] == [0, 10, 20, 30, 39]
+    assert abs(psnr(image, result.output) - psnr(image, clean.output)) < 1.0  # 3 steps lost of 40
+    _poison_step(monkeypatch, 12)
+    with pytest.raises(DivergenceError, match="non-finite loss at iteration 13$"):
+        restore(image, mask, config, seed=0, on_divergence="fail")
+
+
+def test_a_huge_learning_rate_diverges_for_real(house64):
+    image, mask = house64
+    with pytest.raises(DivergenceError, match="non-finite loss at iteration 1$"):
+        restore(image, mask, RestoreConfig(iterations=20, lr=1e10, net=TINY_NET), seed=0, on_divergence="fail")
 
 
 def test_bf16_autocast_with_channels_last_trains(house64):
@@ -109,6 +153,9 @@ def test_input_validation():
         RestoreConfig(iterations=0)
     with pytest.raises(ValueError, match="precision"):
         RestoreConfig(precision="fp8")
+    for bad in ({"lr": float("inf")}, {"input_noise_std": float("nan")}, {"lr": 1e31}):
+        with pytest.raises(ValueError, match="must be finite|lr must be in"):
+            RestoreConfig(**bad)
 
 
 def test_weights_and_input_do_not_depend_on_the_device_generator_state(house64):

@@ -74,7 +74,7 @@ def run_ablations(profile: str, shared: dict, variants: list[Variant], data_dir:
         print(f"ablation {v.name}: {v.description}", flush=True)
         # The baseline's cells are often in the profile's own run already (same config): copied, not re-run.
         reuse = runs_dir / profile if not v.overrides else None
-        results[v.name] = run(configs[v.name], data_dir, variant_results_dir(runs_dir, profile, v), progress=progress, reuse_from=reuse)
+        results[v.name] = run(configs[v.name], data_dir, variant_results_dir(runs_dir, profile, v), progress=progress, reuse_from=reuse).records
     return results
 
 

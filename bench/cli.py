@@ -15,8 +15,8 @@ import torch
 from bench.check import compare, load_baseline, make_baseline
 from bench.config import PROFILES, add_config_flags, build_config, cell_recipe, resolve_device
 from bench.data import REPO_ROOT, data_dir
-from bench.errors import BenchError
-from bench.records import load_records, write_json_atomic, write_text_atomic
+from bench.errors import BenchError, RunStopped
+from bench.records import load_failures, load_records, write_json_atomic, write_text_atomic
 from bench.report import check_comparable, render, shared_config, write_report
 from bench.runner import estimate_seconds, measure_ms_per_iter, run, run_fields
 from dip.skipnet import SkipNetConfig, check_input_size
@@ -187,12 +187,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
     check_others_match(config, others)
     results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
-    records = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
-    report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir)
-    if args.publish:
-        report_path = write_report(records, *published_paths(run_name(config.profile, config.recipe_name)), others=others, results_dir=results_dir)
-    print(render(records, others))
-    print(f"Report written to {report_path}")
+    outcome = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
+    records, failures = outcome.records, outcome.failures
+    if records:
+        report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir, failures=failures)
+        if args.publish:
+            report_path = write_report(records, *published_paths(run_name(config.profile, config.recipe_name)),
+                                       others=others, results_dir=results_dir, failures=failures)
+        print(render(records, others, failures=failures))
+        print(f"Report written to {report_path}")
+    if failures:
+        names = ", ".join(f"{f['name']} seed {f['seed']}" for f in failures)
+        print(f"error: {len(failures)} cell{'s' if len(failures) > 1 else ''} failed ({names}): training diverged; "
+              f"reasons in their records in {results_dir}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -200,6 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     results_dir = results_dir_of(args)
     records = load_records(results_dir)
     others = parse_others(args.others)
+    failures = load_failures(results_dir)
     if args.out is None:
         first = records[0]["config"]
         out, snapshot = published_paths(run_name(first["profile"], first.get("recipe_name", "paper")))
@@ -207,8 +216,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         out, snapshot = args.out, args.out.with_suffix("") / "records"
     if snapshot.resolve() == results_dir.resolve():
         snapshot = None  # the records already sit there
-    write_report(records, out, snapshot, others=others, results_dir=results_dir)
-    print(render(records, others))
+    write_report(records, out, snapshot, others=others, results_dir=results_dir, failures=failures)
+    print(render(records, others, failures=failures))
     print(f"Report written to {out}")
     return 0
 
@@ -335,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: complete records are kept; run the same command again to continue", file=sys.stderr)
         return 130

@@ -3,3 +3,11 @@
 
 class BenchError(Exception):
     """Bad input or environment: unknown image, corrupt file, bad flag value, unusable directory."""
+
+
+class RunStopped(Exception):
+    """A run stopped on request (SIGINT, SIGTERM) with everything saved; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -11,6 +11,7 @@ from bench.errors import BenchError
 
 SCHEMA = 1
 COMPLETE = "complete"
+FAILED = "failed"  # a cell whose training diverged under --on-divergence fail: its reason, no results
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -26,10 +27,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``.
 
-    A reader (or a crash at any moment) sees the old file or the new one, never a partial one.
+    A reader (or a crash at any moment, SIGKILL included) sees the old file or the new one, never a
+    partial one. A failed write (read-only or full disk) is a one-line BenchError; nothing is left.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -37,8 +42,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BenchError(f"cannot write {path}: {exc.strerror}") from None
         raise
 
 
@@ -60,15 +67,20 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at ``path`` if it is a complete record of this schema, else None."""
+def read_record(path: Path, status: str = COMPLETE) -> dict | None:
+    """The record at ``path`` if it is a record of this schema with this status, else None."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("status") != COMPLETE:
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("status") != status:
         return None
     return record
+
+
+def load_failures(results_dir: Path) -> list[dict]:
+    """Every failed cell's record in ``results_dir`` (none if it does not exist), in file-name order."""
+    return [r for p in sorted(results_dir.glob("*_seed*.json")) if (r := read_record(p, FAILED)) is not None]
 
 
 def load_records(results_dir: Path) -> list[dict]:

@@ -165,11 +165,12 @@ def seed_means(records: list[dict]) -> pd.Series:
     return per_seed.dropna().mean(axis=1)
 
 
-def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None) -> str:
-    """The main table; ``table_means`` (:func:`seed_means`) gives the mean row its spread over seeds."""
+def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None, faulty: frozenset[str] = frozenset()) -> str:
+    """The main table; ``table_means`` (:func:`seed_means`) gives the mean row its spread over seeds;
+    the images named in ``faulty`` (a failed seed or an undone non-finite loss) are marked †."""
     table = pd.DataFrame(
         {
-            "Image": summary["image"],
+            "Image": [f"{name} †" if name in faulty else name for name in summary["image"]],
             "Size": summary["size"],
             "Papyan et al.": summary["papyan"].map(_fmt),
             "DIP (Table 1)": summary["dip_paper"].map(_fmt),
@@ -285,26 +286,49 @@ class Prepared:
     others: dict[str, list[dict]]
     other_summaries: dict[str, pd.DataFrame]
     differing: dict[str, list[str]]
+    failures: list[dict]  # failed records of this run's configuration
 
 
-def prepare(records: list[dict], others: dict[str, list[dict]] | None = None) -> Prepared:
-    """Check the records (one configuration; others comparable) before anything is computed or written."""
+def prepare(records: list[dict], others: dict[str, list[dict]] | None = None, failures: list[dict] | None = None) -> Prepared:
+    """Check the records (one configuration; others comparable) before anything is computed or written.
+    ``failures``: failed records; those of another configuration than the records' are left out."""
     others = others or {}
     config = shared_config(records)
     differing = {label: check_comparable(config, shared_config(recs), label) for label, recs in others.items()}
+    mine = [f for f in failures or [] if shared_config([f]) == config]
     return Prepared(records, config, summarise(records), others,
-                    {label: summarise(recs) for label, recs in others.items()}, differing)
+                    {label: summarise(recs) for label, recs in others.items()}, differing, mine)
 
 
-def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = ()) -> str:
+def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = (),
+           failures: list[dict] | None = None) -> str:
     """The report: header, main table, second table with reference rows and ``others`` (label ->
-    records of another run of the same protocol with a different recipe), then ``sections``."""
-    return render_prepared(prepare(records, others), sections)
+    records of another run of the same protocol with a different recipe), then ``sections``;
+    cells that diverged (``failures``, or non-finite losses undone) are marked † and listed."""
+    return render_prepared(prepare(records, others, failures), sections)
+
+
+def fault_lines(records: list[dict], failures: list[dict]) -> list[str]:
+    """One line per cell that diverged: failed (with its reason), or with non-finite losses undone."""
+    lines = [f"- {r['name']} seed {r['seed']}: **failed**, no result: {r['reason']} (--on-divergence {r['on_divergence']})"
+             for r in failures]
+    for r in records:
+        if r.get("divergences"):
+            lines.append(f"- {r['name']} seed {r['seed']}: non-finite loss at iteration{'s' if len(r['divergences']) > 1 else ''} "
+                         f"{', '.join(map(str, r['divergences']))}, each undone by restoring the last good state "
+                         f"({len(r['divergences'])} restore{'s' if len(r['divergences']) > 1 else ''}); the result is kept")
+    return lines
 
 
 def render_prepared(prep: Prepared, sections: tuple[str, ...] = ()) -> str:
     records = prep.records
-    parts = [header(records, prep.config), markdown_table(prep.summary, seed_means(records)), LEGEND]
+    faults = fault_lines(records, prep.failures)
+    faulty = frozenset(r["name"] for r in prep.failures) | frozenset(r["name"] for r in records if r.get("divergences"))
+    parts = [header(records, prep.config), markdown_table(prep.summary, seed_means(records), faulty), LEGEND]
+    if faults:
+        parts += ["## † Diverged cells", "Images marked † in the table had a seed whose loss became non-finite. "
+                  "A failed seed has no result (its n is lower); an undone one restored the last good state and went on.",
+                  "\n".join(faults)]
     extra = extra_table(prep.summary, prep.other_summaries)
     if extra is not None:
         parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
@@ -330,13 +354,14 @@ def write_report(
     *,
     others: dict[str, list[dict]] | None = None,
     results_dir: Path | None = None,
+    failures: list[dict] | None = None,
 ) -> Path:
     """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
     reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
     it was built from (and of ``others``) into ``records_dir``."""
     from bench.figures import plot_curves, plot_vs_reference  # matplotlib: only here
 
-    prep = prepare(records, others)
+    prep = prepare(records, others, failures)
     figures_dir = out.parent / out.stem
     sections = []
     if all("curve" in r for r in records):  # records written before curves existed get no plots

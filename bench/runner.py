@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,20 @@ from tqdm import tqdm
 
 from bench.config import RunConfig, cell_recipe, resolve_device
 from bench.data import ImageInfo, centre_crop, file_image_info, load_image, read_any_image, resolve_image, sha256_of
-from bench.errors import BenchError
-from bench.panels import write_panel
+from bench.checkpoints import checkpoint_path, load_checkpoint, save_checkpoint
+from bench.errors import BenchError, RunStopped
 from bench.hardware import peak_tflops
+from bench.locks import lock_path, try_lock
+from bench.panels import write_panel
 from bench.provenance import device_name, provenance
-from bench.records import COMPLETE, SCHEMA, read_record, record_path, write_bytes_atomic, write_json_atomic
+from bench.records import COMPLETE, FAILED, SCHEMA, read_record, record_path, write_bytes_atomic, write_json_atomic
+from bench.stop import StopRequest
 from dip.baselines import interpolate_missing
 from dip.masks import apply_mask, bernoulli_mask, mask_digest, paper_mask
 from dip.metrics import psnr, psnr_pasted
-from dip.restore import DivergenceError, RestoreConfig, check_device, restore
+from dip.restore import Checkpointing, DivergenceError, RestoreConfig, TrainingStopped, check_device, restore
 from dip.seeding import derived_seed
-from dip.skipnet import SkipNetConfig, build_network, check_input_size
+from dip.skipnet import SkipNetConfig, build_network, check_input_size, count_parameters
 from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
 
 
@@ -129,13 +133,40 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
     return cells
 
 
-def check_writable(results_dir: Path) -> None:
+def check_writable(results_dir: Path, cells: list[Cell]) -> None:
+    """Refuse, before any training, a results directory that cannot be written or lacks the space
+    for this run. Permission bits are not asked (root passes them on a read-only mount): a probe file
+    is written and removed."""
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"cannot create results directory {results_dir}: {exc.strerror}") from None
-    if not os.access(results_dir, os.W_OK | os.X_OK):
-        raise BenchError(f"results directory {results_dir} is not writable")
+    try:
+        write_bytes_atomic(results_dir / ".write-probe", b"\0" * 4096)
+        (results_dir / ".write-probe").unlink()
+    except (BenchError, OSError):
+        raise BenchError(f"results directory {results_dir} is not writable (tried writing a file there)") from None
+    needed, free = bytes_needed(cells), shutil.disk_usage(results_dir).free
+    if free < needed:
+        raise BenchError(
+            f"results directory {results_dir} has {free / 2**20:.1f} MiB free; this run needs about "
+            f"{needed / 2**20:.0f} MiB (records, panels, a checkpoint and its replacement)"
+        )
+
+
+def bytes_needed(cells: list[Cell]) -> int:
+    """An upper bound on what the cells write: per cell a record (< 256 KiB) and an uncompressed
+    panel; the largest checkpoint twice (an atomic replacement holds old and new at once):
+    parameters x 6 (weights, Adam's two moments, and the kept copies of all three) plus z, the
+    network input and the EMA."""
+    if not cells:
+        return 0
+    params = max(count_parameters(build_network(c.recipe.net)) for c in {c.recipe.net: c for c in cells}.values())
+    pixels = max(c.image.shape[0] * c.image.shape[1] for c in cells)
+    channels = max(c.recipe.net.in_channels for c in cells)
+    checkpoint = 4 * (6 * params + (2 * channels + 3) * pixels)
+    per_cell = 256 * 2**10 + 4 * pixels * 3
+    return 2 * checkpoint + len(cells) * per_cell
 
 
 def is_done(cell: Cell) -> bool:
@@ -159,7 +190,14 @@ def reference_scores(cell: Cell) -> dict[str, float]:
     return {key: value if math.isfinite(value) else None for key, value in scores.items()}
 
 
-def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None) -> tuple[dict, np.ndarray]:
+def run_cell(
+    cell: Cell,
+    device: torch.device,
+    callback: Callable | None = None,
+    *,
+    on_divergence: str = "backtrack",
+    checkpointing: Checkpointing | None = None,
+) -> tuple[dict, np.ndarray]:
     """Train one cell; return its record (not yet written) and the restored image."""
     reset_peak_memory(device)
     result = restore(
@@ -170,6 +208,8 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         device=device,
         reference=cell.image,
         callback=callback,
+        on_divergence=on_divergence,
+        checkpointing=checkpointing,
     )
     timing = result.timing
     best = max(result.curve, key=lambda p: p.psnr)
@@ -196,6 +236,9 @@ def run_cell(cell: Cell, device: torch.device, callback: Callable | None = None)
         "final_loss": result.final_loss,
         "backtracks": result.backtracks,
         "backtrack_iterations": result.backtrack_iterations,
+        "on_divergence": on_divergence,
+        "divergences": result.divergences,  # iterations with a non-finite loss, each undone (backtrack policy)
+        "resumed_at": result.resumed_at,  # iterations this cell was resumed from after a stop or a kill
         "curve": [dataclasses.asdict(p) for p in result.curve],
         "timing": timing.to_dict(),
         "gflop_per_iter": gflop,
@@ -226,47 +269,143 @@ def adopt(cell: Cell, source_dir: Path) -> bool:
     return True
 
 
-def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None) -> list[dict]:
-    """Run every cell of ``config`` that has no complete record yet; return all records of the run.
+@dataclass(frozen=True)
+class RunOutcome:
+    records: list[dict]  # the complete records of the run's cells, in cell order
+    failures: list[dict]  # the failed records of its cells (training diverged beyond repair)
+
+
+def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None) -> RunOutcome:
+    """Run every cell of ``config`` that has no complete record yet; return the run's records.
 
     ``reuse_from``: another results directory whose records of identical cells are copied, not re-run.
+    A cell locked by another process (a second run into the same directory) is left to it and waited
+    for at the end. A cell whose training diverges beyond repair gets a failed record and the run goes
+    on. SIGINT/SIGTERM stop the run after the current step with a checkpoint (raises RunStopped).
     """
     device = resolve_device(config.device)
     cells = plan_cells(config, data_dir, results_dir, device)
-    check_writable(results_dir)
+    check_writable(results_dir, cells)
     todo = [c for c in cells if not is_done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
     skipped = len(cells) - len(todo)
     if skipped:
         tqdm.write(f"{skipped} of {len(cells)} cells already have complete records (in {results_dir}"
                    f"{' or ' + str(reuse_from) if reuse_from else ''}); skipping them")
     iterations = cells[0].recipe.iterations
-    with tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
-        for cell in todo:
-            record, restored = train_with_progress(cell, device, overall, progress)
-            write_panel(cell.panel_path, cell.image, cell.mask, restored)
-            write_json_atomic(cell.path, record)  # last: a record marks the cell complete
-            tqdm.write(
-                f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
-                f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
-                f"{record['backtracks']} backtracks -> {cell.path}"
-            )
-    return [read_record(c.path) for c in cells]
+    with StopRequest() as stop, tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
+        session = Session(config, device, overall, progress, stop)
+        busy = [cell for cell in todo if not train_if_free(cell, session)]
+        for cell in busy:
+            wait_and_train(cell, session)
+    failures = [r for c in cells if (r := read_record(c.path, FAILED)) is not None and r["config"] == c.config]
+    return RunOutcome([r for c in cells if (r := read_record(c.path)) is not None], failures)
 
 
-def train_with_progress(cell: Cell, device: torch.device, overall: tqdm, progress: bool) -> tuple[dict, np.ndarray]:
-    desc = f"{cell.info.name} seed {cell.seed}"
-    with tqdm(total=cell.recipe.iterations, desc=desc, unit="it", leave=False, disable=not progress or None) as bar:
+@dataclass(frozen=True)
+class Session:
+    """What every cell of one run shares while it trains."""
+
+    config: RunConfig
+    device: torch.device
+    overall: tqdm
+    progress: bool
+    stop: StopRequest
+
+
+def label(cell: Cell) -> str:
+    return f"{cell.info.name} seed {cell.seed}"
+
+
+def train_if_free(cell: Cell, session: Session, *, settled_ok: bool = False) -> bool:
+    """Train ``cell`` unless another process holds its lock (then False). Once the lock is held, a
+    record of this configuration written meanwhile by another process counts (a failed one too when
+    ``settled_ok``: that process already gave the cell its try)."""
+    with try_lock(lock_path(cell.path)) as held:
+        if not held:
+            return False
+        if is_done(cell) or (settled_ok and (r := read_record(cell.path, FAILED)) is not None and r["config"] == cell.config):
+            session.overall.update(cell.recipe.iterations)
+        else:
+            train_and_write(cell, session)
+        return True
+
+
+def wait_and_train(cell: Cell, session: Session) -> None:
+    tqdm.write(f"{label(cell)}: another process is training it; waiting for it to finish")
+    while not train_if_free(cell, session, settled_ok=True):
+        if session.stop():
+            raise RunStopped(f"stopped by {session.stop.name} while waiting for {label(cell)} (trained by another "
+                             f"process); complete records are kept; run the same command again to continue",
+                             session.stop.exit_code)
+        time.sleep(0.5)
+
+
+def train_and_write(cell: Cell, session: Session) -> None:
+    """Train one cell (from its checkpoint if there is one) and write its record, or its failed record."""
+    stop = session.stop
+    if stop():
+        raise RunStopped(f"stopped by {stop.name} before {label(cell)}; complete records are kept; run the same "
+                         f"command again to continue", stop.exit_code)
+    ckpt_path = checkpoint_path(cell.path)
+    state, note = load_checkpoint(ckpt_path, cell.config, session.device)
+    if note:
+        tqdm.write(note)
+    checkpointing = Checkpointing(every=session.config.checkpoint_every, save=partial(save_checkpoint, ckpt_path, cell.config),
+                                  resume=state, stop_requested=stop)
+    try:
+        record, restored = train_with_progress(cell, session, checkpointing)
+    except TrainingStopped as exc:
+        raise RunStopped(f"stopped by {stop.name} after iteration {exc.iteration} of {cell.recipe.iterations} of "
+                         f"{label(cell)}; checkpoint in {ckpt_path}; run the same command again to resume",
+                         stop.exit_code) from None
+    except DivergenceError as exc:
+        write_json_atomic(cell.path, failure_record(cell, session, str(exc)))
+        ckpt_path.unlink(missing_ok=True)
+        tqdm.write(f"{label(cell)}: FAILED, {exc} (--on-divergence {session.config.on_divergence}); "
+                   f"the run goes on -> {cell.path}")
+        return
+    write_panel(cell.panel_path, cell.image, cell.mask, restored)
+    write_json_atomic(cell.path, record)  # last: a record marks the cell complete
+    ckpt_path.unlink(missing_ok=True)
+    restores = f", {len(record['divergences'])} non-finite losses undone" if record["divergences"] else ""
+    tqdm.write(
+        f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
+        f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
+        f"{record['backtracks']} backtracks{restores} -> {cell.path}"
+    )
+
+
+def failure_record(cell: Cell, session: Session, reason: str) -> dict:
+    """What is kept of a cell whose training diverged: why, and what it was run with (no results)."""
+    return {
+        "schema": SCHEMA,
+        "status": FAILED,
+        "image": cell.info.key,
+        "name": cell.info.name,
+        "seed": cell.seed,
+        "reason": reason,
+        "on_divergence": session.config.on_divergence,
+        "config": cell.config,
+        "provenance": provenance(session.device),
+    }
+
+
+def train_with_progress(cell: Cell, session: Session, checkpointing: Checkpointing) -> tuple[dict, np.ndarray]:
+    start = checkpointing.resume["loop"]["next_iteration"] if checkpointing.resume else 0
+    if start:
+        tqdm.write(f"{label(cell)}: resuming from its checkpoint at iteration {start}")
+        session.overall.update(start)
+    bar = tqdm(total=cell.recipe.iterations, initial=start, desc=label(cell), unit="it", leave=False,
+               disable=not session.progress or None)
+    with bar:
 
         def callback(i: int, point) -> None:
             bar.update(1)
-            overall.update(1)
+            session.overall.update(1)
             if point is not None:
                 bar.set_postfix(loss=f"{point.loss:.2e}", psnr=f"{point.psnr:.2f}", refresh=False)
 
-        try:
-            return run_cell(cell, device, callback)
-        except DivergenceError as exc:
-            raise BenchError(f"{cell.info.key} seed {cell.seed}: {exc}; no record written") from None
+        return run_cell(cell, session.device, callback, on_divergence=session.config.on_divergence, checkpointing=checkpointing)
 
 
 def measure_ms_per_iter(config: RunConfig, timed_iterations: int = 2) -> dict[tuple[int, int], float]:

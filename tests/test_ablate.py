@@ -83,7 +83,7 @@ def test_tiny_sweep_reuses_the_profiles_own_baseline_cells(tmp_path, data_dir):
     from bench.runner import run
 
     shared = {"run.images": ("house",), "run.seeds": (0,), "run.crop": 64, "recipe.iterations": 6, "recipe.eval_every": 3}
-    (own,) = run(build_config("smoke", shared), data_dir, tmp_path / "smoke", progress=False)
+    (own,) = run(build_config("smoke", shared), data_dir, tmp_path / "smoke", progress=False).records
     results = run_ablations("smoke", shared, select_variants(("upsample-nearest",)), data_dir, tmp_path, progress=False)
     assert results[BASELINE] == [own]  # copied from runs/smoke, not re-run (a re-run has a new timestamp)
     assert read_record(tmp_path / "ablate" / "smoke-paper" / "house_seed0.json") == own

@@ -83,7 +83,7 @@ def test_unknown_flag_is_a_one_line_usage_error(capsys):
         (["--precision", "fp64"], "unknown precision"),
         (["--keep", "1.5"], "keep must be in"),
         (["--upsample-mode", "area"], "upsample_mode"),
-        (["--lr", "0"], "lr must be positive"),
+        (["--lr", "0"], r"lr must be in \(0, 1e30\]"),
     ],
 )
 def test_bad_values_are_rejected(argv, message):

@@ -8,7 +8,9 @@ import pytest
 import bench.runner
 from bench.config import PROFILES, build_config, execution_path
 from bench.errors import BenchError
-from bench.records import read_record
+from bench.records import load_records, read_record
+from bench.report import render
+from dip.seeding import derived_seed
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
 from dip.skipnet import SkipNetConfig
 from dip.restore import DivergenceError
@@ -19,7 +21,7 @@ TINY = {"run.images": ("house",), "run.crop": 64, "recipe.iterations": 12, "reci
 
 def test_record_has_results_timing_config_and_provenance(tmp_path, data_dir):
     config = build_config("smoke", TINY)
-    (record,) = run(config, data_dir, tmp_path, progress=False)
+    (record,) = run(config, data_dir, tmp_path, progress=False).records
     assert record == json.loads((tmp_path / "house_seed0.json").read_text())
     assert record["status"] == "complete" and record["image"] == "house" and record["seed"] == 0
     assert record["size"] == [64, 64] and record["full_size"] == [256, 256]
@@ -52,34 +54,49 @@ def test_rerun_skips_complete_records_and_reruns_changed_ones(tmp_path, data_dir
 
 def test_half_written_record_is_not_taken_as_done(tmp_path, data_dir):
     (tmp_path / "house_seed0.json").write_text('{"schema": 1, "status": "comp')
-    (record,) = run(build_config("smoke", TINY), data_dir, tmp_path, progress=False)
+    (record,) = run(build_config("smoke", TINY), data_dir, tmp_path, progress=False).records
     assert record["status"] == "complete"
 
 
-def test_divergence_stops_with_a_clear_error_and_no_record(tmp_path, data_dir, monkeypatch):
-    def diverge(*args, **kwargs):
-        raise DivergenceError("training diverged: non-finite loss at iteration 7")
+def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_dir, monkeypatch):
+    real = bench.runner.restore
 
-    monkeypatch.setattr(bench.runner, "restore", diverge)
-    with pytest.raises(BenchError, match="house seed 0: training diverged: non-finite loss at iteration 7; no record"):
-        run(build_config("smoke", TINY), data_dir, tmp_path, progress=False)
-    assert list(tmp_path.iterdir()) == []
+    def diverge_on_house(image, *args, **kwargs):
+        if kwargs["seed"] == derived_seed(0, "net/house"):
+            raise DivergenceError("training diverged: non-finite loss at iteration 7")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(bench.runner, "restore", diverge_on_house)
+    config = build_config("smoke", {**TINY, "run.images": ("house", "cman"), "run.on_divergence": "fail"})
+    outcome = run(config, data_dir, tmp_path, progress=False)
+    assert [r["image"] for r in outcome.records] == ["cman"]
+    (failed,) = outcome.failures
+    assert failed["status"] == "failed" and failed["reason"] == "training diverged: non-finite loss at iteration 7"
+    assert failed["on_divergence"] == "fail" and failed["config"]["image"] == "house"
+    assert read_record(tmp_path / "house_seed0.json") is None  # never taken for a result
+    assert load_records(tmp_path) == outcome.records
+    text = render(outcome.records, failures=outcome.failures)
+    assert "## † Diverged cells" in text and "- House seed 0: **failed**, no result: training diverged" in text
+    # the next run of the same command tries the failed cell again (and only it)
+    monkeypatch.setattr(bench.runner, "restore", real)
+    again = run(config, data_dir, tmp_path, progress=False)
+    assert [r["image"] for r in again.records] == ["house", "cman"] and again.failures == []
 
 
 def test_paper_mask_option_uses_the_published_mask(tmp_path, data_dir):
-    (a,) = run(build_config("smoke", {**TINY, "run.mask": "paper", "recipe.iterations": 2}), data_dir, tmp_path / "a", progress=False)
-    (b,) = run(build_config("smoke", {**TINY, "recipe.iterations": 2}), data_dir, tmp_path / "b", progress=False)
+    (a,) = run(build_config("smoke", {**TINY, "run.mask": "paper", "recipe.iterations": 2}), data_dir, tmp_path / "a", progress=False).records
+    (b,) = run(build_config("smoke", {**TINY, "recipe.iterations": 2}), data_dir, tmp_path / "b", progress=False).records
     assert a["mask_sha256"] != b["mask_sha256"]
     assert a["config"]["mask"] == "paper" and "keep" not in a["config"]
 
 
 @pytest.fixture(scope="module")
 def smoke_fast(tmp_path_factory, data_dir):
-    return run(PROFILES["smoke"], data_dir, tmp_path_factory.mktemp("smoke_fast"), progress=False)
+    return run(PROFILES["smoke"], data_dir, tmp_path_factory.mktemp("smoke_fast"), progress=False).records
 
 
 def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, tmp_path, data_dir):
-    second = run(PROFILES["smoke"], data_dir, tmp_path, progress=False)
+    second = run(PROFILES["smoke"], data_dir, tmp_path, progress=False).records
     assert [r["image"] for r in smoke_fast] == ["house", "cman", "peppers"]
     for a, b in zip(smoke_fast, second):
         assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
@@ -88,7 +105,7 @@ def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, t
 
 def test_fast_path_keeps_psnr_parity_with_the_reference_path(smoke_fast, tmp_path, data_dir):
     """Every smoke image: the fast path's PSNR within 0.3 dB of the reference path's."""
-    reference = run(build_config("smoke", {"run.path": "reference"}), data_dir, tmp_path, progress=False)
+    reference = run(build_config("smoke", {"run.path": "reference"}), data_dir, tmp_path, progress=False).records
     assert execution_path(reference[0]["config"]["recipe"]) == "reference"
     assert execution_path(smoke_fast[0]["config"]["recipe"]) == "fast"
     for fast, ref in zip(smoke_fast, reference):

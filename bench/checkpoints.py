@@ -1,0 +1,46 @@
+"""Checkpoints of the cells in training: ``<results>/checkpoints/<image>_seed<k>.pt``, written atomically.
+
+A checkpoint holds the cell's resolved configuration beside the training state; one of another
+configuration (a changed flag) or one that cannot be read is set aside with a note, never trusted.
+The file goes once the cell's record is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from bench.records import write_bytes_atomic
+
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT = 1
+
+
+def checkpoint_path(record_path: Path) -> Path:
+    return record_path.parent / CHECKPOINTS_DIR / record_path.with_suffix(".pt").name
+
+
+def save_checkpoint(path: Path, config: dict, state: dict) -> None:
+    buffer = io.BytesIO()
+    # The config as JSON text: torch.load(weights_only=True) takes it back without trusting pickles.
+    torch.save({"format": FORMAT, "config": json.dumps(config, sort_keys=True), "state": state}, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, config: dict, device: torch.device) -> tuple[dict | None, str | None]:
+    """(state, None) if ``path`` holds a readable checkpoint of exactly ``config``; else (None, a note
+    saying why it is not used, or None if there is no checkpoint)."""
+    if not path.exists():
+        return None, None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        same = saved["format"] == FORMAT and json.loads(saved["config"]) == json.loads(json.dumps(config))
+        state = saved["state"]
+    except Exception as exc:  # truncated, corrupt or foreign file: whatever torch.load raises
+        return None, f"checkpoint {path} is unreadable ({type(exc).__name__}); starting that cell afresh"
+    if not same:
+        return None, f"checkpoint {path} is of another configuration; starting that cell afresh"
+    return state, None

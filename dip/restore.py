@@ -295,7 +295,9 @@ class TrainingStopped(Exception):
 
 
 DIVERGENCE_POLICIES = ("backtrack", "fail")
-MAX_CONSECUTIVE_RESTORES = 10  # a state that diverges again at once this many times is given up on
+# A kept state restored this many times before training gets past the next check is given up on: it
+# diverges again whatever the step (e.g. a learning rate so large that every step from it overflows).
+MAX_RESTORES_PER_CHECK = 10
 
 
 @dataclass
@@ -311,6 +313,7 @@ class _LoopState:
     curve: list[CurvePoint] = field(default_factory=list)
     backtrack_iterations: list[int] = field(default_factory=list)
     divergences: list[int] = field(default_factory=list)  # iterations whose loss was not finite
+    restores_since_check: int = 0  # of ``kept``, since it was taken
     resumed_at: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -349,7 +352,7 @@ def restore(
     before the optimiser applies its gradients; a NaN anywhere in the output makes the masked loss NaN
     too, since NaN * 0 is NaN). ``on_divergence``: "fail" raises :class:`DivergenceError`; "backtrack"
     restores the parameters and Adam's state of the last accepted check, skips that step and goes on,
-    up to :data:`MAX_CONSECUTIVE_RESTORES` times in a row. ``checkpointing`` saves the loop's state
+    up to :data:`MAX_RESTORES_PER_CHECK` times per kept state. ``checkpointing`` saves the loop's state
     every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
     resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
     """
@@ -373,7 +376,6 @@ def restore(
     if ckpt.resume is not None:
         timer.load_state_dict(ckpt.resume["timer"])
     timer.start()
-    restores_in_a_row = 0
     for i in range(loop.next_iteration, config.iterations):
         out, loss = trainer.forward_backward()
         loss_value = float(loss)
@@ -381,17 +383,16 @@ def restore(
         if not math.isfinite(loss_value):
             if on_divergence == "fail":
                 raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
-            restores_in_a_row += 1
-            if restores_in_a_row > MAX_CONSECUTIVE_RESTORES:
+            loop.restores_since_check += 1
+            if loop.restores_since_check > MAX_RESTORES_PER_CHECK:
                 raise DivergenceError(
-                    f"training diverged: non-finite loss at iteration {i} and at the {MAX_CONSECUTIVE_RESTORES} "
-                    f"iterations before it, each time after restoring the last good state"
+                    f"training diverged: non-finite loss at iteration {i}, the {MAX_RESTORES_PER_CHECK + 1}th since "
+                    f"the last good state was kept; restoring it does not help"
                 )
             trainer.restore_parameters(loop.kept)
             trainer.restore_optimizer_state(loop.kept_optimizer)
             loop.divergences.append(i)  # no optimiser step: its gradients are not finite
         else:
-            restores_in_a_row = 0
             loop.final_loss = loss_value
             if config.ema_decay > 0:
                 o = out.detach()
@@ -433,6 +434,7 @@ def _check_and_evaluate(trainer: Trainer, loop: _LoopState, config: RestoreConfi
         else:
             loop.kept, loop.kept_psnr = trainer.kept_parameters(), psnr_masked
             loop.kept_optimizer = trainer.kept_optimizer_state()
+            loop.restores_since_check = 0
     if not (i % config.eval_every == 0 or i == config.iterations - 1):
         return None
     psnr = psnr_ema = None

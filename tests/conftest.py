@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,32 @@ def data_dir() -> Path:
 def _isolated_env(monkeypatch):
     """Tests never download from the pinned URLs: any mirror must be set by the test itself."""
     monkeypatch.delenv("DIP_DATA_URL", raising=False)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """serve({name: bytes}) starts an HTTP server on 127.0.0.1 with those files and points
+    $DIP_DATA_URL (the download mirror) at it; the server stops after the test."""
+    servers = []
+
+    def start(files: dict[str, bytes]) -> http.server.ThreadingHTTPServer:
+        served = tmp_path / f"served{len(servers)}"
+        served.mkdir()
+        for name, payload in files.items():
+            (served / name).write_bytes(payload)
+        handler = functools.partial(_QuietHandler, directory=str(served))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv("DIP_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -1,5 +1,6 @@
 """The command line's answers to bad input: one line, non-zero exit, no traceback, no record."""
 
+import json
 import os
 import subprocess
 import sys
@@ -128,3 +129,23 @@ def test_with_a_run_of_another_budget_is_refused_before_training(tmp_path, data_
     err = capsys.readouterr().err
     assert code == 2 and "run 'short' cannot be a column of this report: it differs in recipe.iterations" in err
     assert not results.exists()
+
+
+@pytest.mark.parametrize("policy", ["fail", "backtrack"])
+def test_a_diverging_run_exits_1_with_failed_records_and_a_marked_report(policy, tmp_path, data_dir, capsys):
+    """lr 1e10 diverges for real at the first step: 'fail' stops each image at once, 'backtrack' after
+    restoring the last good state 10 times without reaching the next check. Either way every image is tried."""
+    results = tmp_path / "results"
+    code = main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "30", "--lr", "1e10",
+                 "--on-divergence", policy, "--results-dir", str(results), "--data-dir", str(data_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (f"error: 2 cells failed (House seed 0, C.man seed 0): training diverged; "
+                                            f"reasons in their records in {results}")
+    for key in ("house", "cman"):
+        record = json.loads((results / f"{key}_seed0.json").read_text())
+        assert record["status"] == "failed" and record["on_divergence"] == policy
+        assert "non-finite loss" in record["reason"] and "psnr" not in record
+    assert not (results / "report.md").exists()  # nothing complete to report
+    assert main(["report", "--results-dir", str(results)]) == 2  # and `report` says so instead of a table of nothing
+    assert "no complete records" in capsys.readouterr().err

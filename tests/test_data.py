@@ -1,8 +1,4 @@
-import functools
-import http.server
-import shutil
 import socket
-import threading
 
 import numpy as np
 import pytest
@@ -70,6 +66,7 @@ def test_corrupt_file_in_data_dir_is_rejected(data_dir, tmp_path):
     copy.write_bytes(bytes(payload))
     with pytest.raises(BenchError, match="does not match the manifest"):
         fetch(entry, tmp_path)
+    assert copy.read_bytes() == bytes(payload)  # not dip-bench's cache: rejected, never replaced
 
 
 def test_truncated_file_is_rejected(data_dir, tmp_path):
@@ -96,27 +93,11 @@ def test_centre_crop_rule():
 
 
 @pytest.fixture
-def mirror(data_dir, tmp_path, monkeypatch):
-    """A local HTTP server on 127.0.0.1 serving copies of two files, one of them corrupted."""
-    served = tmp_path / "served"
-    served.mkdir()
-    shutil.copy(data_dir / "house_GT.png", served)
+def mirror(data_dir, serve):
+    """A local HTTP server serving copies of two files, one of them corrupted."""
     payload = bytearray((data_dir / "house_masked.png").read_bytes())
     payload[100] ^= 0x01
-    (served / "house_masked.png").write_bytes(bytes(payload))
-    handler = functools.partial(QuietHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("DIP_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}/")
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+    return serve({"house_GT.png": (data_dir / "house_GT.png").read_bytes(), "house_masked.png": bytes(payload)})
 
 
 def test_missing_file_is_downloaded_and_verified(mirror, tmp_path, data_dir):
@@ -134,6 +115,32 @@ def test_download_with_wrong_hash_is_rejected_and_not_kept(mirror, tmp_path):
     entry = load_files()[("house", "masked")]
     with pytest.raises(BenchError, match="does not match its pinned sha256"):
         fetch(entry, cache)
+    assert not (cache / "house_masked.png").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter"])
+def test_a_cache_file_damaged_after_download_is_fetched_again(damage, mirror, tmp_path, data_dir, capsys):
+    cache = tmp_path / "cache"
+    entry = load_files()[("house", "GT")]
+    path = fetch(entry, cache)  # downloaded: the directory is dip-bench's cache from now on
+    payload = bytearray(path.read_bytes())
+    if damage == "truncate":
+        del payload[len(payload) // 2 :]
+    else:
+        payload[len(payload) // 2] ^= 0xFF
+    path.write_bytes(bytes(payload))
+    image = load_image(load_images()["house"], "GT", cache)
+    assert path.read_bytes() == (data_dir / "house_GT.png").read_bytes()
+    assert image.shape == (256, 256)
+    assert "(truncated or altered since download); fetching it again" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_file_whose_new_download_is_also_bad_is_rejected(mirror, tmp_path, data_dir):
+    cache = tmp_path / "cache"
+    fetch(load_files()[("house", "GT")], cache)  # makes ``cache`` a dip-bench cache
+    (cache / "house_masked.png").write_bytes(b"not the file")
+    with pytest.raises(BenchError, match="does not match its pinned sha256"):  # the mirror serves a corrupted copy
+        fetch(load_files()[("house", "masked")], cache)
     assert not (cache / "house_masked.png").exists()
 
 

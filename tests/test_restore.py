@@ -7,7 +7,7 @@ import torch
 from bench.data import centre_crop, load_image, load_images
 from dip.masks import bernoulli_mask
 from dip.metrics import psnr
-from dip.restore import MAX_CONSECUTIVE_RESTORES, DivergenceError, RestoreConfig, Trainer, restore
+from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, RestoreConfig, Trainer, restore
 from dip.skipnet import SkipNetConfig
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
@@ -73,8 +73,8 @@ def test_non_finite_loss_fails_at_once_or_gives_up_after_repeated_restores(house
     config = RestoreConfig(iterations=30, net=TINY_NET)
     with pytest.raises(DivergenceError, match="non-finite loss at iteration 0$"):
         restore(poisoned, mask, config, seed=0, on_divergence="fail")
-    # restoring cannot help when every step is non-finite: given up after MAX_CONSECUTIVE_RESTORES
-    with pytest.raises(DivergenceError, match=f"at iteration {MAX_CONSECUTIVE_RESTORES} and at the {MAX_CONSECUTIVE_RESTORES} iterations before"):
+    # restoring cannot help when every step is non-finite: given up after MAX_RESTORES_PER_CHECK
+    with pytest.raises(DivergenceError, match=f"at iteration {MAX_RESTORES_PER_CHECK}, the {MAX_RESTORES_PER_CHECK + 1}th since"):
         restore(poisoned, mask, config, seed=0, on_divergence="backtrack")
     with pytest.raises(ValueError, match="unknown on_divergence"):
         restore(image, mask, config, seed=0, on_divergence="ignore")
@@ -113,9 +113,15 @@ def test_a_nan_weight_is_caught_at_the_next_step_and_undone(house64, monkeypatch
 
 
 def test_a_huge_learning_rate_diverges_for_real(house64):
+    """lr 1e10: every step from the kept state overflows, while the restored state itself is finite
+    (every other loss is NaN). Backtracking gives up after 10 restores without reaching the next check
+    rather than finish with the untrained network's output."""
     image, mask = house64
+    config = RestoreConfig(iterations=40, lr=1e10, net=TINY_NET)
     with pytest.raises(DivergenceError, match="non-finite loss at iteration 1$"):
-        restore(image, mask, RestoreConfig(iterations=20, lr=1e10, net=TINY_NET), seed=0, on_divergence="fail")
+        restore(image, mask, config, seed=0, on_divergence="fail")
+    with pytest.raises(DivergenceError, match="restoring it does not help"):
+        restore(image, mask, config, seed=0, on_divergence="backtrack")
 
 
 def test_bf16_autocast_with_channels_last_trains(house64):

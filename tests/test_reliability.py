@@ -1,0 +1,172 @@
+"""Faults tried for real, on `python -m bench run` in subprocesses: SIGKILL and SIGTERM mid-run, two
+runs into one results directory, a read-only and a full results directory, a damaged data cache.
+
+One tiny configuration throughout (House, 64x64 crop, 240 iterations, checkpoints every 40): about
+8 s of training on a 2-core CPU per uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT
+
+ITERATIONS = 240
+TINY = ["--profile", "smoke", "--images", "house", "--seeds", "0", "--crop", "64", "--iterations", str(ITERATIONS),
+        "--checkpoint-every", "40", "--no-progress"]
+RECORD = "house_seed0.json"
+CHECKPOINT = Path("checkpoints") / "house_seed0.pt"
+# What a resumed run must reproduce exactly (timing, provenance and resumed_at may differ).
+RESULT_FIELDS = ("psnr", "psnr_pasted", "psnr_ema", "psnr_best", "final_loss", "curve", "backtracks", "mask_sha256")
+
+
+def bench_command(results: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bench", "run", *TINY, "--data-dir", str(data_dir), "--results-dir", str(results), *extra]
+
+
+def start(command: list[str], threads: int = 2) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (rc {process.returncode}) before {path.name} appeared:\n{process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path.name} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def result_of(results: Path) -> dict:
+    record = json.loads((results / RECORD).read_text())
+    assert record["status"] == "complete"
+    return {field: record[field] for field in RESULT_FIELDS}
+
+
+def leftovers(results: Path) -> list[str]:
+    """JSON files in ``results`` that are not complete records: partial or temporary writes."""
+    return [p.name for p in results.rglob("*.json*") if json.loads(p.read_text() or "{}").get("status") != "complete"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory) -> dict:
+    """The result of the tiny run without any fault: what every recovered run must equal."""
+    results = tmp_path_factory.mktemp("uninterrupted")
+    rc, out, err = finish(start(bench_command(results, data_dir)))
+    assert rc == 0, err
+    return result_of(results)
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_result(uninterrupted, data_dir, tmp_path):
+    results = tmp_path / "results"
+    process = start(bench_command(results, data_dir))
+    wait_for(results / CHECKPOINT, process)
+    process.send_signal(signal.SIGKILL)
+    rc, _, _ = finish(process)
+    assert rc == -signal.SIGKILL
+    assert not (results / RECORD).exists() and leftovers(results) == []  # nothing that looks finished
+    assert not list(results.rglob("*.tmp"))  # and no temporary file left behind as a record
+
+    rc, out, err = finish(start(bench_command(results, data_dir)))
+    assert rc == 0, err
+    assert "resuming from its checkpoint at iteration" in out
+    record = json.loads((results / RECORD).read_text())
+    assert record["resumed_at"] and 0 < record["resumed_at"][0] < ITERATIONS
+    assert result_of(results) == uninterrupted
+    assert not (results / CHECKPOINT).exists()  # gone once the record is written
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninterrupted, data_dir, tmp_path):
+    results = tmp_path / "results"
+    process = start(bench_command(results, data_dir))
+    wait_for(results / CHECKPOINT, process)  # training is under way
+    process.send_signal(signum)
+    rc, _, err = finish(process)
+    assert rc == 128 + signum  # 143 for SIGTERM, 130 for SIGINT: a scheduler sees the run did not finish
+    last = err.strip().splitlines()[-1]
+    stopped = re.search(rf"stopped by {signal.Signals(signum).name} after iteration (\d+) of {ITERATIONS} of House seed 0", last)
+    assert stopped and "run the same command again to resume" in last and "Traceback" not in err
+    iteration = int(stopped[1])
+    saved = torch.load(results / CHECKPOINT, weights_only=True)
+    assert saved["state"]["loop"]["next_iteration"] == iteration  # saved at the stop, not only at the last multiple of 40
+    assert not (results / RECORD).exists() and leftovers(results) == []
+
+    rc, out, err = finish(start(bench_command(results, data_dir)))
+    assert rc == 0, err
+    assert json.loads((results / RECORD).read_text())["resumed_at"] == [iteration]
+    assert result_of(results) == uninterrupted
+
+
+def test_two_runs_into_one_results_directory_train_each_cell_once(data_dir, tmp_path):
+    results = tmp_path / "results"
+    command = bench_command(results, data_dir, "--images", "house,cman,peppers", "--iterations", "60")
+    first, second = start(command, threads=1), start(command, threads=1)
+    (rc1, out1, err1), (rc2, out2, err2) = finish(first), finish(second)
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    trained = re.findall(r"^(\S+) +seed 0: PSNR ", out1 + out2, flags=re.MULTILINE)
+    assert sorted(trained) == ["C.man", "House", "Peppers"]  # each cell by one process, none twice
+    records = [json.loads((results / f"{key}_seed0.json").read_text()) for key in ("house", "cman", "peppers")]
+    assert all(r["status"] == "complete" and r["curve"][-1]["iteration"] == 59 for r in records)
+    assert leftovers(results) == []
+
+
+def in_mount_namespace(mount_options: str, target: Path, command: list[str]) -> subprocess.CompletedProcess:
+    """Run ``command`` with a fresh tmpfs (``mount_options``) over ``target``, seen by that process only."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("user namespaces are not available here")
+    target.mkdir(parents=True, exist_ok=True)
+    script = f'mount -t tmpfs -o {mount_options} tmpfs "$0" && exec "$@"'
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, str(target), *command],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "mount_options, message",
+    [("ro", "is not writable (tried writing a file there)"), ("size=256k", "MiB free; this run needs about")],
+)
+def test_an_unusable_results_directory_is_refused_before_training(mount_options, message, data_dir, tmp_path):
+    results = tmp_path / "results"
+    done = in_mount_namespace(mount_options, results, bench_command(results, data_dir))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and message in done.stderr and done.stderr.count("\n") == 1
+    assert "PSNR" not in done.stdout  # refused before the first step
+
+
+def test_a_data_cache_file_damaged_after_download_is_fetched_again(data_dir, serve, tmp_path):
+    files = [f"house_{kind}.png" for kind in ("GT", "masked", "deep_prior", "papyan")]
+    serve({name: (data_dir / name).read_bytes() for name in files})
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    cache.mkdir()  # empty: every file is downloaded, so dip-bench owns this cache
+    command = bench_command(results, cache, "--iterations", "2")
+    rc, _, err = finish(start(command))
+    assert rc == 0, err
+    assert "downloading house_GT.png" in err  # (the masked input too only under --mask paper)
+    truncated = cache / "house_GT.png"
+    truncated.write_bytes(truncated.read_bytes()[:500])
+    rc, _, err = finish(start([*command, "--seeds", "1"]))
+    assert rc == 0, err
+    assert "house_GT.png: sha256 does not match the manifest (truncated or altered since download); fetching it again" in err
+    assert truncated.read_bytes() == (data_dir / "house_GT.png").read_bytes()

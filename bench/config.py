@@ -87,8 +87,8 @@ class RunConfig:
             raise ValueError(f"unknown path {self.path!r}; choose from {', '.join(PATHS)}")
         if self.precision != "auto" and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from auto, {', '.join(PRECISIONS)}")
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"keep must be in (0, 1], got {self.keep}")
+        if not 0.0 < self.keep < 1.0:
+            raise ValueError(f"keep must be in (0, 1) (1 keeps every pixel: nothing to restore), got {self.keep}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only on a stop signal), got {self.checkpoint_every}")
         if self.on_divergence not in DIVERGENCE_POLICIES:

@@ -128,6 +128,10 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
                 full_mask = source.published_mask
             # Drawn at full size, then cropped: a crop's mask is the same window of the full mask.
             mask = centre_crop(full_mask, config.crop)
+            if mask.all() or not mask.any():
+                # Nothing missing (PSNR of the input is infinite) or nothing observed (nothing to fit).
+                raise BenchError(f"{info.key} seed {seed}: the mask keeps {'every' if mask.all() else 'no'} pixel "
+                                 f"of the {mask.shape[1]}x{mask.shape[0]} image; there is nothing to restore")
             cfg = cell_config(config, source, seed, device, recipe)
             cells.append(Cell(info, seed, image, mask, source.published, cfg, recipe, record_path(results_dir, info.key, seed)))
     return cells

@@ -25,6 +25,7 @@ def results(tmp_path):
         (["--crop", "1024"], "larger than the image"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
         (["--mask", "nope"], "unknown mask"),
+        (["--keep", "1e-9"], "house seed 0: the mask keeps no pixel of the 64x64 image; there is nothing to restore"),
         (["--image", "/nonexistent/photo.png"], "image file /nonexistent/photo.png does not exist"),
         (["--image", "x.png", "--mask", "paper"], "--mask paper needs the published masks"),
         (["--with", "no-equals-sign"], "--with expects LABEL=DIR"),

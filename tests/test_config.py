@@ -82,6 +82,7 @@ def test_unknown_flag_is_a_one_line_usage_error(capsys):
         (["--mask", "random"], "unknown mask"),
         (["--precision", "fp64"], "unknown precision"),
         (["--keep", "1.5"], "keep must be in"),
+        (["--keep", "1"], "nothing to restore"),
         (["--upsample-mode", "area"], "upsample_mode"),
         (["--lr", "0"], r"lr must be in \(0, 1e30\]"),
     ],

@@ -1,0 +1,153 @@
+"""Bad input tried for real (hypothesis): random command lines and random image files through
+``bench.cli.main``. Whatever comes in, the answer is a correct run with complete records, a one-line
+error with exit 2 and no record, or (a training that truly diverges) exit 1 with failed records;
+never a traceback, never a record that is not whole.
+
+Every run is tiny (at most 3 iterations, images at most 65 pixels a side).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bench.cli import main
+from tests.conftest import _find_data_dir
+
+DATA_DIR = _find_data_dir()
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """``main(argv)`` as a shell would see it: exit status and stderr (argparse exits via SystemExit)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def check_outcome(code: int, err: str, results: Path) -> None:
+    records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))] if results.is_dir() else []
+    lines = err.strip().splitlines()
+    event(f"exit {code}")  # the spread of outcomes, in --hypothesis-show-statistics
+    assert "Traceback" not in err
+    assert not list(results.rglob("*.tmp")) if results.is_dir() else True
+    if code == 0:
+        assert records and all(r["status"] == "complete" and math.isfinite(r["psnr"]) for r in records)
+        assert (results / "report.md").is_file()
+    elif code == 1:  # real divergence under the drawn recipe: each cell has a record, complete or failed
+        assert records and all(r["status"] in ("complete", "failed") for r in records)
+        assert lines[-1].startswith("error: ") and "failed" in lines[-1]
+    else:
+        assert code == 2, err
+        # argparse's own errors end with "<prog>: error: ..." after its usage; ours are a single line
+        assert lines and (len(lines) == 1 and lines[0].startswith("error: ") or ": error: " in lines[-1]), err
+        assert records == []
+
+
+# Values a user might type: valid ones, edge ones and wrong ones, for the flags that shape a run.
+FLAG_VALUES = {
+    "--images": st.sampled_from(["house", "cman", "House,C.man", "nope", "", "house,house", ",", "HOUSE"]),
+    "--seeds": st.sampled_from(["0", "1,2", "-1", "", "a", "0,0", "3.5", "99999999999"]),
+    "--crop": st.sampled_from(["0", "32", "64", "33", "-1", "1000", "x"]),
+    "--iterations": st.sampled_from(["1", "2", "3", "0", "-2", "two", "1e3"]),
+    "--mask": st.sampled_from(["bernoulli", "paper", "random", ""]),
+    "--keep": st.sampled_from(["0.5", "0.99", "1e-9", "1", "0", "1.5", "nan", "inf", "-0.2", "half"]),
+    "--lr": st.sampled_from(["0.01", "0", "-1", "nan", "inf", "1e10", "1e40"]),
+    "--precision": st.sampled_from(["auto", "fp32", "bf16", "fp16", "fp64"]),
+    "--on-divergence": st.sampled_from(["backtrack", "fail", "ignore"]),
+    "--checkpoint-every": st.sampled_from(["0", "1", "-1", "x"]),
+    "--backtrack-every": st.sampled_from(["1", "100", "0", "-3"]),
+    "--eval-every": st.sampled_from(["1", "0", "-1"]),
+    "--ema-decay": st.sampled_from(["0", "0.99", "1", "1.5", "nan"]),
+    "--input-noise-std": st.sampled_from(["0", "0.03", "-1", "inf"]),
+    "--channels-down": st.sampled_from(["8", "8,8,8,8,8", "8,8", "0", "-8", "a,b"]),
+    "--scales": st.sampled_from(["5", "1", "0", "9"]),
+    "--upsample-mode": st.sampled_from(["bilinear", "nearest", "area"]),
+    "--padding": st.sampled_from(["reflection", "zero", "circular"]),
+    "--device": st.sampled_from(["cpu", "cuda", "tpu", "cuda:7"]),
+    "--bogus": st.just("1"),
+}
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    flags = draw(st.lists(st.sampled_from(sorted(FLAG_VALUES)), max_size=4, unique=True))
+    argv = []
+    for flag in flags:
+        argv += [flag, draw(FLAG_VALUES[flag])]
+    return argv
+
+
+@SETTINGS
+@given(argv=command_lines())
+def test_any_command_line_gives_a_run_or_a_clean_error(argv):
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        base = ["run", "--profile", "smoke", "--images", "house", "--iterations", "2", "--no-progress",
+                "--data-dir", str(DATA_DIR), "--results-dir", str(results)]
+        iterations = argv[argv.index("--iterations") + 1] if "--iterations" in argv else "2"
+        if iterations.isdigit() and int(iterations) > 3:
+            return  # keep each example tiny
+        code, err = run_main([*base, *argv])
+        check_outcome(code, err, results)
+
+
+SIDES = st.sampled_from([1, 2, 3, 17, 31, 32, 33, 64, 64, 64, 65, 96])  # 64 and 96 fit the network
+MODES = st.sampled_from(["L", "LA", "RGB", "RGBA", "P", "I;16"])
+
+
+def make_image(mode: str, height: int, width: int, seed: int, constant: bool) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    gray = np.full((height, width), 128, np.uint8) if constant else rng.integers(0, 256, (height, width), dtype=np.uint8)
+    if mode == "I;16":
+        return Image.fromarray(gray.astype(np.uint16) * 257)
+    if mode in ("L", "LA"):
+        return Image.fromarray(gray).convert(mode)
+    rgb = np.stack([gray, np.roll(gray, 1, axis=1), 255 - gray], axis=2)
+    image = Image.fromarray(rgb)
+    return image.quantize(64) if mode == "P" else image.convert(mode)
+
+
+# Mostly real images; the rest files named .png that are not (or no longer) images.
+FILE_KINDS = st.sampled_from(["image"] * 6 + ["text", "empty", "truncated"])
+
+
+@SETTINGS
+@given(kind=FILE_KINDS, mode=MODES, height=SIDES, width=SIDES, seed=st.integers(0, 2**16), constant=st.booleans(),
+       crop=st.sampled_from(["0", "64"]))
+def test_any_image_file_gives_a_run_or_a_clean_error(kind, mode, height, width, seed, constant, crop):
+    with tempfile.TemporaryDirectory() as tmp:
+        path, results = Path(tmp) / "picture.png", Path(tmp) / "results"
+        if kind == "image":
+            make_image(mode, height, width, seed, constant).save(path)
+        elif kind == "truncated":
+            buffer = io.BytesIO()
+            make_image(mode, height, width, seed, constant).save(buffer, format="PNG")
+            path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        else:
+            path.write_bytes(b"" if kind == "empty" else b"P2 this is a text file, not a PNG\n")
+        code, err = run_main(["run", "--profile", "smoke", "--image", str(path), "--crop", crop, "--iterations", "2",
+                              "--no-progress", "--results-dir", str(results)])
+        check_outcome(code, err, results)
+        trained = (int(crop), int(crop)) if crop != "0" else (height, width)
+        # the paper's 5-scale network takes sides that are multiples of 32 and at least 64
+        fits = min(height, width) >= int(crop) and all(side % 32 == 0 and side >= 64 for side in trained)
+        if kind == "image" and fits and not constant:
+            assert code == 0, err  # a readable, varied image of a size the network takes must run
+            (record,) = [json.loads(p.read_text()) for p in results.glob("*.json")]
+            assert record["size"] == list(trained)
+        elif kind != "image":
+            assert code == 2 and "not a readable image" in err

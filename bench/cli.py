@@ -18,7 +18,8 @@ from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError, RunStopped
 from bench.records import load_failures, load_records, write_json_atomic, write_text_atomic
 from bench.report import check_comparable, render, shared_config, write_report
-from bench.runner import estimate_seconds, measure_ms_per_iter, run, run_fields
+from bench.executors import EXECUTORS, JOBS_DIR, ExecutorOptions, planning_device, record_submission, run_local, submit_slurm
+from bench.runner import collect, estimate_seconds, is_done_on_any_node, measure_ms_per_iter, plan_run, run, run_fields
 from dip.skipnet import SkipNetConfig, check_input_size
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -44,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     _add_with(run_p)
     add_config_flags(run_p)
+    ex = run_p.add_argument_group("where the cells run (none of it changes a result)")
+    ex.add_argument("--executor", choices=EXECUTORS, default="inline",
+                    help="inline: here, one cell after another (default); local: parallel subprocesses, one per "
+                         "visible GPU or --jobs; slurm: a submitit job array, one task per cell")
+    ex.add_argument("--jobs", type=int, help="local: parallel jobs (default: one per visible GPU, else 1)")
+    ex.add_argument("--slurm-partition", help="slurm: sbatch --partition")
+    ex.add_argument("--slurm-time", type=int, metavar="MINUTES", help="slurm: sbatch --time per job (default 1440)")
+    ex.add_argument("--gpus-per-job", type=int, default=1, help="slurm: GPUs per job (default 1)")
+    ex.add_argument("--slurm-param", dest="slurm_params", action="append", default=[], metavar="KEY=VALUE",
+                    help="slurm: any other sbatch option, e.g. account=lab or qos=high; repeatable")
+
+    status_p = commands.add_parser("status", help="done / running / failed / stopped / pending cells of a run")
+    status_p.add_argument("run", metavar="RUN", help="a results directory, or a run name under runs/")
 
     report_p = commands.add_parser("report", help="markdown table from stored records")
     _add_results_selection(report_p)
@@ -182,12 +196,25 @@ def choose_profile(args: argparse.Namespace) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    options = ExecutorOptions(args.executor, args.jobs, args.slurm_partition, args.slurm_time, args.gpus_per_job,
+                              tuple(args.slurm_params))
     profile = choose_profile(args)
     config = build_config(profile, config_overrides(args))
+    results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
+    if options.executor == "slurm":
+        if args.others or args.publish:
+            raise BenchError("--with and --publish need the finished records: run `python -m bench report` once the jobs are done")
+        return submit_to_slurm(config, options, data_dir(args.data_dir), results_dir)
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
     check_others_match(config, others)
-    results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
-    outcome = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
+    problems = []
+    if options.executor == "local":
+        cells, todo = plan_run(config, data_dir(args.data_dir), results_dir)
+        record_submission(results_dir, "local", [], planned=cells)
+        problems = run_local(todo, config, options, data_dir(args.data_dir), results_dir, progress=args.progress)
+        outcome = collect(cells)
+    else:
+        outcome = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
     records, failures = outcome.records, outcome.failures
     if records:
         report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir, failures=failures)
@@ -196,11 +223,46 @@ def cmd_run(args: argparse.Namespace) -> int:
                                        others=others, results_dir=results_dir, failures=failures)
         print(render(records, others, failures=failures))
         print(f"Report written to {report_path}")
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
     if failures:
         names = ", ".join(f"{f['name']} seed {f['seed']}" for f in failures)
         print(f"error: {len(failures)} cell{'s' if len(failures) > 1 else ''} failed ({names}): training diverged; "
               f"reasons in their records in {results_dir}", file=sys.stderr)
-        return 1
+    return 1 if failures or problems else 0
+
+
+def submit_to_slurm(config, options: ExecutorOptions, data: Path, results_dir: Path) -> int:
+    """Check every cell here, then submit those without a complete record as one job array; do not wait."""
+    cells, todo = plan_run(config, data, results_dir, device=planning_device(config, options), done=is_done_on_any_node)
+    record_submission(results_dir, "slurm", [], planned=cells)
+    if not todo:
+        print(f"nothing to submit: all {len(cells)} cells have complete records in {results_dir}")
+        return 0
+    entries = submit_slurm(todo, config, options, data, results_dir)
+    scheduled = f"array {entries[0]['job_id'].split('_')[0]}" if len(entries) > 1 else f"job {entries[0]['job_id']}"
+    print(f"submitted {len(entries)} job{'s' if len(entries) > 1 else ''} (Slurm {scheduled}, one per cell) with records "
+          f"going to {results_dir} and logs to {results_dir / JOBS_DIR}")
+    print(f"follow them with: python -m bench status {results_dir}")
+    print(f"when they are done: python -m bench report --results-dir {results_dir}  (or submit the same command "
+          f"again: finished cells are skipped, stopped ones resume)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.status import STATES, run_status
+
+    results_dir = Path(args.run) if Path(args.run).is_dir() else RUNS_DIR / args.run
+    if not results_dir.is_dir():
+        raise BenchError(f"no run {args.run!r}: neither a directory nor a name under {RUNS_DIR}")
+    states = run_status(results_dir)
+    if not states:
+        raise BenchError(f"{results_dir} holds no cells (no records, checkpoints, locks or submitted jobs)")
+    width = max(len(s.cell) for s in states)
+    for s in states:
+        print(f"{s.cell:<{width}}  {s.state:<8} {s.detail}")
+    counts = {state: sum(s.state == state for s in states) for state in STATES}
+    print(", ".join(f"{n} {state}" for state, n in counts.items() if n) + f" ({len(states)} cells in {results_dir})")
     return 0
 
 
@@ -325,6 +387,7 @@ def cmd_speed_report(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "status": cmd_status,
     "report": cmd_report,
     "check": cmd_check,
     "baseline": cmd_baseline,

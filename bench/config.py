@@ -232,8 +232,8 @@ def resolve_precision(config: RunConfig, device: torch.device) -> str:
         return config.precision
     if config.path == "reference":
         return "fp32"
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # (planning a Slurm submission on a node without CUDA: a guess, see NODE_FIELDS)
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,10 +147,12 @@ def check_writable(results_dir: Path, cells: list[Cell]) -> None:
         results_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BenchError(f"cannot create results directory {results_dir}: {exc.strerror}") from None
-    try:
-        write_bytes_atomic(results_dir / ".write-probe", b"\0" * 4096)
-        (results_dir / ".write-probe").unlink()
-    except (BenchError, OSError):
+    try:  # a file of this process's own: runs starting side by side must not trip over each other's probe
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError:
         raise BenchError(f"results directory {results_dir} is not writable (tried writing a file there)") from None
     needed, free = bytes_needed(cells), shutil.disk_usage(results_dir).free
     if free < needed:
@@ -177,6 +181,29 @@ def is_done(cell: Cell) -> bool:
     """A complete record with exactly this configuration exists (a changed flag means re-run)."""
     record = read_record(cell.path)
     return record is not None and record.get("config") == cell.config
+
+
+# Resolved on the machine that trains (auto precision depends on the GPU): a Slurm submission planned on
+# a login node compares records without them; the job itself then checks exactly (is_done).
+NODE_FIELDS = ("device", "recipe.precision", "recipe.channels_last", "recipe.fused_adam", "recipe.tf32",
+               "recipe.cudnn_benchmark")
+
+
+def is_done_on_any_node(cell: Cell) -> bool:
+    """A complete record exists whose configuration equals this one but for :data:`NODE_FIELDS`."""
+    record = read_record(cell.path)
+    return record is not None and _without_node_fields(record.get("config", {})) == _without_node_fields(cell.config)
+
+
+def _without_node_fields(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for name in NODE_FIELDS:
+        *parents, leaf = name.split(".")
+        holder = config
+        for key in parents:
+            holder = holder.get(key, {})
+        holder.pop(leaf, None)
+    return config
 
 
 @lru_cache(maxsize=None)
@@ -279,30 +306,51 @@ class RunOutcome:
     failures: list[dict]  # the failed records of its cells (training diverged beyond repair)
 
 
-def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None) -> RunOutcome:
-    """Run every cell of ``config`` that has no complete record yet; return the run's records.
-
-    ``reuse_from``: another results directory whose records of identical cells are copied, not re-run.
-    A cell locked by another process (a second run into the same directory) is left to it and waited
-    for at the end. A cell whose training diverges beyond repair gets a failed record and the run goes
-    on. SIGINT/SIGTERM stop the run after the current step with a checkpoint (raises RunStopped).
-    """
-    device = resolve_device(config.device)
+def plan_run(config: RunConfig, data_dir: Path, results_dir: Path, *, reuse_from: Path | None = None,
+             device: torch.device | None = None, done=is_done) -> tuple[list[Cell], list[Cell]]:
+    """All cells of ``config``, loaded and checked, and those still to train (``done`` says which are
+    finished); the results directory is checked for writes and space. Raises BenchError."""
+    device = device or resolve_device(config.device)
     cells = plan_cells(config, data_dir, results_dir, device)
     check_writable(results_dir, cells)
-    todo = [c for c in cells if not is_done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
+    todo = [c for c in cells if not done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
     skipped = len(cells) - len(todo)
     if skipped:
         tqdm.write(f"{skipped} of {len(cells)} cells already have complete records (in {results_dir}"
                    f"{' or ' + str(reuse_from) if reuse_from else ''}); skipping them")
+    return cells, todo
+
+
+def collect(cells: list[Cell]) -> RunOutcome:
+    """The complete and the failed records of ``cells`` now on disk, whoever wrote them."""
+    failures = [r for c in cells if (r := read_record(c.path, FAILED)) is not None and r["config"] == c.config]
+    return RunOutcome([r for c in cells if (r := read_record(c.path)) is not None], failures)
+
+
+def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None,
+        wait_for_others: bool = True) -> RunOutcome:
+    """Run every cell of ``config`` that has no complete record yet; return the run's records.
+
+    ``reuse_from``: another results directory whose records of identical cells are copied, not re-run.
+    A cell locked by another process (a second run into the same directory) is left to it and, with
+    ``wait_for_others``, waited for at the end. A cell whose training diverges beyond repair gets a
+    failed record and the run goes on. SIGINT/SIGTERM stop the run after the current step with a
+    checkpoint (raises RunStopped).
+    """
+    device = resolve_device(config.device)
+    cells, todo = plan_run(config, data_dir, results_dir, reuse_from=reuse_from, device=device)
     iterations = cells[0].recipe.iterations
     with StopRequest() as stop, tqdm(total=len(todo) * iterations, desc="all cells", unit="it", disable=not progress or None) as overall:
         session = Session(config, device, overall, progress, stop)
         busy = [cell for cell in todo if not train_if_free(cell, session)]
         for cell in busy:
-            wait_and_train(cell, session)
-    failures = [r for c in cells if (r := read_record(c.path, FAILED)) is not None and r["config"] == c.config]
-    return RunOutcome([r for c in cells if (r := read_record(c.path)) is not None], failures)
+            wait_and_train(cell, session, patience=None if wait_for_others else LOCK_PATIENCE_S)
+    return collect(cells)
+
+
+# How long a job waits for a cell someone else holds before leaving it to them: long enough that a
+# momentary holder (`bench status` testing the lock) does not make a job skip its cell.
+LOCK_PATIENCE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -334,9 +382,16 @@ def train_if_free(cell: Cell, session: Session, *, settled_ok: bool = False) -> 
         return True
 
 
-def wait_and_train(cell: Cell, session: Session) -> None:
-    tqdm.write(f"{label(cell)}: another process is training it; waiting for it to finish")
+def wait_and_train(cell: Cell, session: Session, patience: float | None = None) -> None:
+    """Wait for another process to release ``cell``, then train it unless that process settled it;
+    after ``patience`` seconds (None: no limit) leave the cell to that process."""
+    deadline = None if patience is None else time.monotonic() + patience
+    if patience is None:
+        tqdm.write(f"{label(cell)}: another process is training it; waiting for it to finish")
     while not train_if_free(cell, session, settled_ok=True):
+        if deadline is not None and time.monotonic() > deadline:
+            tqdm.write(f"{label(cell)}: another process is training it; leaving it to that process")
+            return
         if session.stop():
             raise RunStopped(f"stopped by {session.stop.name} while waiting for {label(cell)} (trained by another "
                              f"process); complete records are kept; run the same command again to continue",

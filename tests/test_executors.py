@@ -1,0 +1,221 @@
+"""Executors for real: the smoke profile through submitit's local executor (parallel subprocesses)
+against an inline run; a Slurm submission against a fake ``sbatch``/``srun`` on PATH that records the
+script and then runs it as a cluster would; ``status`` and ``report`` on runs with failed and missing
+cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.checkpoints import save_checkpoint
+from bench.cli import main
+from bench.executors import ExecutorOptions, last_error_line, record_submission
+from bench.locks import lock_path, try_lock
+from bench.errors import BenchError
+from dip.restore import Trainer
+from tests.conftest import REPO_ROOT
+
+RESULT_FIELDS = ("psnr", "psnr_pasted", "final_loss", "curve", "mask_sha256", "config")
+
+
+def bench(*argv: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *argv], cwd=REPO_ROOT, env=env or os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def results_of(results: Path) -> dict[str, dict]:
+    records = {p.stem: json.loads(p.read_text()) for p in results.glob("*_seed*.json")}
+    assert all(r["status"] == "complete" for r in records.values())
+    return {stem: {f: r[f] for f in RESULT_FIELDS} for stem, r in records.items()}
+
+
+def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_results(data_dir, tmp_path):
+    """One thread per process, both ways: the two jobs then share this 2-core machine without
+    oversubscribing it (and a result depends on the thread count, so both runs use the same)."""
+    inline, local = tmp_path / "inline", tmp_path / "local"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["run", "--profile", "smoke", "--no-progress", "--data-dir", str(data_dir)]
+    done = bench(*common, "--results-dir", str(inline), env=env)
+    assert done.returncode == 0, done.stderr
+    done = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    assert results_of(local) == results_of(inline)  # every PSNR, curve and loss, bit for bit
+    assert sorted(results_of(local)) == ["cman_seed0", "house_seed0", "peppers_seed0"]
+    manifest = json.loads((local / "jobs" / "submitted.json").read_text())
+    assert sorted(j["cell"] for j in manifest["jobs"]) == ["cman_seed0", "house_seed0", "peppers_seed0"]
+    assert len({j["job_id"] for j in manifest["jobs"]}) == 3 and all(Path(j["stderr"]).exists() for j in manifest["jobs"])
+    status = bench("status", str(local))
+    assert status.returncode == 0 and status.stdout.strip().endswith(f"3 done (3 cells in {local})")
+    again = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)
+    assert again.returncode == 0 and "3 of 3 cells already have complete records" in again.stdout + again.stderr
+
+
+FAKE_SBATCH = """#!/bin/sh
+# A stand-in for sbatch: keeps the submitted script and answers as sbatch does, with job ids 4242, 4243, ...
+n=$(ls "$FAKE_SLURM_DIR" | grep -c '^script')
+cp "$1" "$FAKE_SLURM_DIR/script$n.sh"
+echo "Submitted batch job $((4242 + n))"
+"""
+
+# A stand-in for srun inside a job: fills in srun's file-name patterns for this array task and runs
+# the command with its output in those files.
+FAKE_SRUN = r"""#!/bin/bash
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --unbuffered) shift ;;
+    --output) out=$2; shift 2 ;;
+    --error) err=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+fill() { local p=$1; p=${p//%A/$SLURM_ARRAY_JOB_ID}; p=${p//%a/$SLURM_ARRAY_TASK_ID}; p=${p//%j/$SLURM_JOB_ID}; echo "${p//%t/0}"; }
+"$@" >>"$(fill "$out")" 2>>"$(fill "$err")"
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """PATH with a fake sbatch and srun; returns (env, directory where submitted scripts land)."""
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "submitted"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SLURM_DIR": str(scripts)}
+    return env, scripts
+
+
+def run_slurm_job(script: Path, job_id: int, env: dict, task: int | None = None) -> None:
+    """What Slurm does with a submitted job (or one task of an array): run the script with its variables set."""
+    slurm = {"SLURM_JOB_ID": str(job_id if task is None else job_id + 100 + task), "SLURM_NTASKS": "1",
+             "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+             "SLURM_JOB_NODELIST": "node1"}
+    if task is not None:
+        slurm |= {"SLURM_ARRAY_JOB_ID": str(job_id), "SLURM_ARRAY_TASK_ID": str(task)}
+    subprocess.run(["bash", str(script)], env={**env, **slurm}, check=True, timeout=300, capture_output=True)
+
+
+def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_dir, tmp_path):
+    env, scripts = fake_slurm
+    results = tmp_path / "results"
+    command = ["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "3", "--device", "cpu",
+               "--data-dir", str(data_dir), "--results-dir", str(results), "--executor", "slurm",
+               "--slurm-partition", "gpu", "--slurm-time", "90", "--gpus-per-job", "2",
+               "--slurm-param", "account=lab", "--slurm-param", "qos=high"]
+    done = bench(*command, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "submitted 2 jobs (Slurm array 4242, one per cell)" in done.stdout
+    script = (scripts / "script0.sh").read_text()
+    jobs = results / "jobs"
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=2", "#SBATCH --account=lab",
+                 "#SBATCH --qos=high", "#SBATCH --array=0-1%2", "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --job-name=dip-bench-smoke", f"#SBATCH --output={jobs}/%A_%a_0_log.out"):
+        assert line in script.splitlines(), line
+    assert f"srun --unbuffered --output {jobs}/%A_%a_%t_log.out" in script
+    assert f"{sys.executable} -u -m submitit.core._submit {jobs}" in script
+    assert [line.split()[1] for line in bench("status", str(results)).stdout.splitlines()[:2]] == ["pending", "pending"]
+
+    run_slurm_job(scripts / "script0.sh", 4242, env, task=0)  # house trains
+    # cman's task is killed by the scheduler: what slurmstepd writes into the job's error log
+    (jobs / "4242_1_0_log.err").write_text("slurmstepd: error: *** JOB 4343 ON node1 CANCELLED AT 2026-11-24T10:00:00 DUE TO TIME LIMIT ***\n")
+    status = bench("status", str(results)).stdout.splitlines()
+    assert status[0].split()[:2] == ["cman_seed0", "failed"] and "DUE TO TIME LIMIT" in status[0] and "4242_1_0_log.err" in status[0]
+    assert status[1].split()[:2] == ["house_seed0", "done"]
+
+    again = bench(*command, env=env)  # re-submission: the finished cell is skipped
+    assert again.returncode == 0, again.stderr
+    assert "submitted 1 job (Slurm job 4243, one per cell)" in again.stdout
+    assert f"#SBATCH --output={jobs}/%j_0_log.out" in (scripts / "script1.sh").read_text()  # one job, no array
+    run_slurm_job(scripts / "script1.sh", 4243, env)
+    assert bench("status", str(results)).stdout.strip().endswith(f"2 done (2 cells in {results})")
+
+    inline = tmp_path / "inline"
+    assert main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "3", "--device", "cpu",
+                 "--data-dir", str(data_dir), "--results-dir", str(inline), "--no-progress"]) == 0
+    assert results_of(results) == results_of(inline)
+
+
+def test_status_and_report_with_failed_running_stopped_pending_and_missing_cells(data_dir, tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    tiny = ["run", "--profile", "smoke", "--iterations", "3", "--no-progress", "--data-dir", str(data_dir),
+            "--results-dir", str(results), "--on-divergence", "fail"]
+    assert main([*tiny, "--images", "house"]) == 0
+    step = Trainer.optimizer_step
+
+    def poisoned(self):  # a NaN weight after the first step, as an overflow would leave it
+        step(self)
+        with torch.no_grad():
+            self.params[0].view(-1)[0] = float("nan")
+
+    monkeypatch.setattr(Trainer, "optimizer_step", poisoned)
+    assert main([*tiny, "--images", "peppers"]) == 1  # a failed record of the same configuration as house's
+    monkeypatch.undo()
+    jobs = results / "jobs"
+    jobs.mkdir()
+    (jobs / "hill.err").write_text("Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    entries = [{"cell": c, "image": c.split("_")[0], "name": c, "seed": 0, "job_id": j, "stdout": str(jobs / f"{j}.out"),
+                "stderr": str(jobs / err)} for c, j, err in (("hill_seed0", "77_0", "hill.err"), ("man_seed0", "77_1", "nolog.err"))]
+    record_submission(results, "slurm", entries)
+    manifest = json.loads((jobs / "submitted.json").read_text())
+    manifest["planned"] = ["barbara_seed0", "boat_seed0", "cman_seed0", "hill_seed0", "house_seed0", "man_seed0", "peppers_seed0"]
+    (jobs / "submitted.json").write_text(json.dumps(manifest))
+    save_checkpoint(results / "checkpoints" / "cman_seed0.pt", {}, {"loop": {"next_iteration": 1200}})
+    capsys.readouterr()
+    with try_lock(lock_path(results / "boat_seed0.json")) as held:  # another process trains boat
+        assert held
+        assert main(["status", str(results)]) == 0
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[:-1]}
+    assert lines["house_seed0"][0] == "done" and lines["house_seed0"][1].startswith("PSNR ")
+    assert lines["peppers_seed0"] == ["failed", "training diverged: non-finite loss at iteration 1"]
+    assert lines["hill_seed0"][0] == "failed" and lines["hill_seed0"][1].startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert lines["boat_seed0"][0] == "running"
+    assert lines["cman_seed0"] == ["stopped", "checkpoint at iteration 1200; run or submit the same command again to resume"]
+    assert lines["man_seed0"][0] == "pending"
+    assert lines["barbara_seed0"][0] == "missing"
+
+    assert main(["report", "--results-dir", str(results), "--out", str(tmp_path / "merged.md")]) == 0
+    report = (tmp_path / "merged.md").read_text()
+    assert "| House " in report and "## † Diverged cells" in report
+    assert "- Peppers seed 0: **failed**, no result: training diverged: non-finite loss at iteration 1" in report
+    assert "Boat" not in report.split("## † Diverged cells")[0]  # a cell without a record has no row
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"executor": "inline", "jobs": 2}, "--jobs takes a positive number, with --executor local"),
+        ({"executor": "local", "jobs": 0}, "--jobs takes a positive number"),
+        ({"executor": "local", "slurm_partition": "gpu"}, "need --executor slurm"),
+        ({"executor": "slurm", "slurm_time": 0}, "--slurm-time must be positive"),
+        ({"executor": "slurm", "slurm_params": ("account",)}, "--slurm-param expects KEY=VALUE"),
+    ],
+)
+def test_bad_executor_options_are_refused(options, message):
+    with pytest.raises(BenchError, match=message):
+        ExecutorOptions(**options)
+
+
+def test_slurm_without_srun_is_a_one_line_error(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    code = main(["run", "--profile", "smoke", "--device", "cpu", "--executor", "slurm", "--data-dir", str(data_dir),
+                 "--results-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --executor slurm: Could not detect \"srun\"") and err.count("\n") == 1
+
+
+def test_the_reason_in_a_job_log(tmp_path):
+    log = tmp_path / "log.err"
+    log.write_text("warming up\nerror: house: image size 100x100 does not fit\nTraceback (most recent call last):\nbench.errors.BenchError: x\n")
+    assert last_error_line(log) == "error: house: image size 100x100 does not fit"
+    log.write_text("Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error: an illegal memory access\n")
+    assert last_error_line(log) == "RuntimeError: CUDA error: an illegal memory access"
+    assert last_error_line(tmp_path / "none.err") == "no log"

@@ -235,11 +235,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def submit_to_slurm(config, options: ExecutorOptions, data: Path, results_dir: Path) -> int:
     """Check every cell here, then submit those without a complete record as one job array; do not wait."""
     cells, todo = plan_run(config, data, results_dir, device=planning_device(config, options), done=is_done_on_any_node)
-    record_submission(results_dir, "slurm", [], planned=cells)
     if not todo:
         print(f"nothing to submit: all {len(cells)} cells have complete records in {results_dir}")
         return 0
     entries = submit_slurm(todo, config, options, data, results_dir)
+    record_submission(results_dir, "slurm", [], planned=cells)
     scheduled = f"array {entries[0]['job_id'].split('_')[0]}" if len(entries) > 1 else f"job {entries[0]['job_id']}"
     print(f"submitted {len(entries)} job{'s' if len(entries) > 1 else ''} (Slurm {scheduled}, one per cell) with records "
           f"going to {results_dir} and logs to {results_dir / JOBS_DIR}")

@@ -219,3 +219,18 @@ def test_the_reason_in_a_job_log(tmp_path):
     log.write_text("Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error: an illegal memory access\n")
     assert last_error_line(log) == "RuntimeError: CUDA error: an illegal memory access"
     assert last_error_line(tmp_path / "none.err") == "no log"
+
+
+def test_a_refused_sbatch_is_a_clear_error(data_dir, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: nope" >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = bench("run", "--profile", "smoke", "--device", "cpu", "--executor", "slurm", "--slurm-partition", "nope",
+                 "--data-dir", str(data_dir), "--results-dir", str(tmp_path / "results"), env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: sbatch failed: sbatch: error: invalid partition specified: nope"
+    assert "Traceback" not in done.stderr

@@ -12,7 +12,9 @@ import contextlib
 import io
 import json
 import math
+import os
 import tempfile
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,10 @@ FLAG_VALUES = {
     "--upsample-mode": st.sampled_from(["bilinear", "nearest", "area"]),
     "--padding": st.sampled_from(["reflection", "zero", "circular"]),
     "--device": st.sampled_from(["cpu", "cuda", "tpu", "cuda:7"]),
+    "--executor": st.sampled_from(["inline", "slurm", "local-ish"]),  # (local starts subprocesses: tested elsewhere)
+    "--jobs": st.sampled_from(["1", "0", "-1", "x"]),
+    "--slurm-time": st.sampled_from(["60", "0", "x"]),
+    "--slurm-param": st.sampled_from(["account=lab", "nokey", "=x"]),
     "--bogus": st.just("1"),
 }
 
@@ -101,7 +107,8 @@ def test_any_command_line_gives_a_run_or_a_clean_error(argv):
         iterations = argv[argv.index("--iterations") + 1] if "--iterations" in argv else "2"
         if iterations.isdigit() and int(iterations) > 3:
             return  # keep each example tiny
-        code, err = run_main([*base, *argv])
+        with mock.patch.dict(os.environ, {"PATH": tmp}):  # no srun or sbatch here, even on a cluster's login node
+            code, err = run_main([*base, *argv])
         check_outcome(code, err, results)
 
 

@@ -7,7 +7,6 @@ import pytest
 
 import bench.runner
 from bench.config import PROFILES, build_config, execution_path
-from bench.errors import BenchError
 from bench.records import load_records, read_record
 from bench.report import render
 from dip.seeding import derived_seed

@@ -207,14 +207,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return submit_to_slurm(config, options, data_dir(args.data_dir), results_dir)
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
     check_others_match(config, others)
+    data = data_dir(args.data_dir)
     problems = []
     if options.executor == "local":
-        cells, todo = plan_run(config, data_dir(args.data_dir), results_dir)
+        cells, todo = plan_run(config, data, results_dir)
         record_submission(results_dir, "local", [], planned=cells)
-        problems = run_local(todo, config, options, data_dir(args.data_dir), results_dir, progress=args.progress)
+        problems = run_local(todo, config, options, data, results_dir, progress=args.progress)
         outcome = collect(cells)
     else:
-        outcome = run(config, data_dir(args.data_dir), results_dir, progress=args.progress)
+        outcome = run(config, data, results_dir, progress=args.progress)
     records, failures = outcome.records, outcome.failures
     if records:
         report_path = write_report(records, results_dir / "report.md", others=others, results_dir=results_dir, failures=failures)

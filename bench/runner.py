@@ -169,7 +169,7 @@ def bytes_needed(cells: list[Cell]) -> int:
     network input and the EMA."""
     if not cells:
         return 0
-    params = max(count_parameters(build_network(c.recipe.net)) for c in {c.recipe.net: c for c in cells}.values())
+    params = max(count_parameters(build_network(net)) for net in {c.recipe.net for c in cells})
     pixels = max(c.image.shape[0] * c.image.shape[1] for c in cells)
     channels = max(c.recipe.net.in_channels for c in cells)
     checkpoint = 4 * (6 * params + (2 * channels + 3) * pixels)
@@ -181,6 +181,12 @@ def is_done(cell: Cell) -> bool:
     """A complete record with exactly this configuration exists (a changed flag means re-run)."""
     record = read_record(cell.path)
     return record is not None and record.get("config") == cell.config
+
+
+def failed_record(cell: Cell) -> dict | None:
+    """The failed record of exactly this configuration, if training gave up on the cell."""
+    record = read_record(cell.path, FAILED)
+    return record if record is not None and record.get("config") == cell.config else None
 
 
 # Resolved on the machine that trains (auto precision depends on the GPU): a Slurm submission planned on
@@ -323,7 +329,7 @@ def plan_run(config: RunConfig, data_dir: Path, results_dir: Path, *, reuse_from
 
 def collect(cells: list[Cell]) -> RunOutcome:
     """The complete and the failed records of ``cells`` now on disk, whoever wrote them."""
-    failures = [r for c in cells if (r := read_record(c.path, FAILED)) is not None and r["config"] == c.config]
+    failures = [r for c in cells if (r := failed_record(c)) is not None]
     return RunOutcome([r for c in cells if (r := read_record(c.path)) is not None], failures)
 
 
@@ -375,7 +381,7 @@ def train_if_free(cell: Cell, session: Session, *, settled_ok: bool = False) -> 
     with try_lock(lock_path(cell.path)) as held:
         if not held:
             return False
-        if is_done(cell) or (settled_ok and (r := read_record(cell.path, FAILED)) is not None and r["config"] == cell.config):
+        if is_done(cell) or (settled_ok and failed_record(cell) is not None):
             session.overall.update(cell.recipe.iterations)
         else:
             train_and_write(cell, session)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,report,check,baseline,estimate,compare,ablate,published,speed,speed-report}``.
+"""Command line: ``python -m bench {run,status,report,check,spread,power,estimate,compare,ablate,published,speed,speed-report}``.
 
 User errors (unknown image or flag, bad value, corrupt data, diverged training) print one line and
 exit with status 2; failed regression checks exit with status 1.
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from bench.check import compare, load_baseline, make_baseline
 from bench.config import PROFILES, add_config_flags, build_config, cell_recipe, resolve_device
 from bench.data import REPO_ROOT, data_dir
 from bench.errors import BenchError, RunStopped
 from bench.records import load_failures, load_records, write_json_atomic, write_text_atomic
+from bench.regression import GOLDENS_DIR, PARTS
 from bench.report import check_comparable, render, shared_config, write_report
 from bench.executors import EXECUTORS, JOBS_DIR, ExecutorOptions, planning_device, record_submission, run_local, submit_slurm
 from bench.runner import collect, estimate_seconds, is_done_on_any_node, measure_ms_per_iter, plan_run, run, run_fields
@@ -64,14 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("--out", type=Path, help="default reports/<profile>.md, records beside it")
     _add_with(report_p)
 
-    check_p = commands.add_parser("check", help="compare a run with a baseline; exit 1 outside tolerance")
-    _add_results_selection(check_p)
-    check_p.add_argument("--baseline", type=Path, required=True)
-    check_p.add_argument("--tolerance", type=float, required=True, metavar="DB")
+    check_p = commands.add_parser("check", help="the regression check: recipe fingerprint and outcome against the "
+                                                 "goldens in reports/baselines; exit 1 outside tolerance")
+    check_p.add_argument("--part", choices=("all", *PARTS), default="all",
+                         help="all (default): fingerprint then outcome; fingerprint: 24 smooth fp32 iterations "
+                              "(about 15 s); outcome: the smoke profile's PSNR (about 40 s)")
+    check_p.add_argument("--record", action="store_true",
+                         help="write new goldens instead of checking (after an intended recipe change; "
+                              "tolerances from reports/regression-spread.json)")
+    check_p.add_argument("--work-dir", type=Path, default=RUNS_DIR / "check",
+                         help="where the check trains (emptied first; default runs/check)")
+    check_p.add_argument("--goldens-dir", type=Path, default=GOLDENS_DIR, help="default reports/baselines")
+    check_p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    check_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
 
-    base_p = commands.add_parser("baseline", help="write a baseline file from a run's records")
-    _add_results_selection(base_p)
-    base_p.add_argument("--out", type=Path, required=True)
+    spread_p = commands.add_parser("spread", help="measure how far CPU kernels and thread counts move the check's "
+                                                  "numbers; writes the tolerances (about 10 minutes)")
+    spread_p.add_argument("--out", type=Path, default=REPORTS_DIR / "regression-spread.md")
+    spread_p.add_argument("--work-dir", type=Path, default=RUNS_DIR / "spread")
+    spread_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
+
+    power_p = commands.add_parser("power", help="run every mutation of bench.mutations through the check; "
+                                                "writes reports/regression-power.md")
+    power_p.add_argument("--out", type=Path, default=REPORTS_DIR / "regression-power.md")
+    power_p.add_argument("--work-dir", type=Path, default=RUNS_DIR / "power")
+    power_p.add_argument("--mutations", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+                         default=None, metavar="LIST", help="default: all")
+    power_p.add_argument("--data-dir", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
 
     cmp_p = commands.add_parser("compare", help="two runs side by side (e.g. fast vs reference path)")
     cmp_p.add_argument("--results-dir", type=Path, required=True)
@@ -286,21 +305,49 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    records = load_records(results_dir_of(args))
-    failures = compare(records, load_baseline(args.baseline), args.tolerance)
-    for line in failures:
-        print(f"FAIL {line}")
-    if failures:
-        return 1
-    print(f"OK: {len(records)} records within ±{args.tolerance:g} dB of {args.baseline}")
+    from bench import regression
+
+    parts = list(PARTS) if args.part == "all" else [args.part]
+    directory = data_dir(args.data_dir)
+    if args.record:
+        for part in parts:
+            path = regression.record(part, directory, args.work_dir, args.goldens_dir)
+            print(f"{part}: new golden written to {path}; commit it with the reason for the change")
+        return 0
+    results = []
+    for part in parts:
+        result = regression.run_check(part, directory, args.work_dir, args.goldens_dir)
+        results.append(result)
+        for note in result.notes:
+            print(f"note ({part}): {note}")
+        for line in result.lines[:-1]:
+            print(f"FAIL {line}")
+        print(("OK " if result.ok else "FAIL ") + result.lines[-1])
+    if args.json:
+        write_json_atomic(args.json, {"results": [r.to_dict() for r in results]})
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_spread(args: argparse.Namespace) -> int:
+    from bench.spread import measure, write_spread
+
+    data_dir(args.data_dir)  # checked here, before ten minutes of subprocesses
+    spread = measure(args.work_dir)
+    write_spread(spread, args.work_dir, args.out)
+    print(f"Spread written to {args.out} and {args.out.with_suffix('.json')}")
     return 0
 
 
-def cmd_baseline(args: argparse.Namespace) -> int:
-    records = load_records(results_dir_of(args))
-    write_json_atomic(args.out, make_baseline(records))
-    print(f"Baseline of {len(records)} records written to {args.out}")
-    return 0
+def cmd_power(args: argparse.Namespace) -> int:
+    from bench.mutations import measure_power, select_mutations, write_power
+
+    mutations = select_mutations(args.mutations)
+    results = measure_power(mutations, data_dir(args.data_dir), args.work_dir)
+    write_power(results, args.out)
+    missed = [r["name"] for r in results if not r["caught"]]
+    print(f"Power report written to {args.out}: {len(results) - len(missed)} of {len(results)} mutations caught"
+          + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 0 if not missed else 1
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -391,7 +438,8 @@ COMMANDS = {
     "status": cmd_status,
     "report": cmd_report,
     "check": cmd_check,
-    "baseline": cmd_baseline,
+    "spread": cmd_spread,
+    "power": cmd_power,
     "estimate": cmd_estimate,
     "compare": cmd_compare,
     "ablate": cmd_ablate,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 
@@ -106,6 +107,13 @@ PROFILES: dict[str, RunConfig] = {
     # steep for the 0.3 dB fast-vs-reference parity test to mean anything; at 400 it has levelled.
     "smoke": RunConfig(profile="smoke", images=("house", "cman", "peppers"), crop=64, checkpoint_every=0,
                        recipe=RestoreConfig(iterations=400)),
+    # The regression check's recipe fingerprint (bench.fingerprint): the smoke images, 24 iterations on the
+    # reference path, a curve point at every iteration, and lr 1e-6. At the paper's lr 1e-3 Adam's first
+    # steps amplify the rounding differences between CPU kernels (measured: 0.4% in the loss after one
+    # step, 0.8 dB after five); at 1e-6 the trajectory stays smooth, so a fixed golden can be compared
+    # tightly on any CPU, while every line of the training code still runs. About 10 s.
+    "fingerprint": RunConfig(profile="fingerprint", images=("house", "cman", "peppers"), crop=64, path="reference",
+                             checkpoint_every=0, recipe=RestoreConfig(iterations=24, lr=1e-6, eval_every=1)),
 }
 
 
@@ -187,7 +195,9 @@ def build_config(profile: str, overrides: dict[str, typing.Any]) -> RunConfig:
     recipe_name = overrides.get("run.recipe_name", base.recipe_name)
     if recipe_name not in RECIPES:
         raise BenchError(f"unknown recipe {recipe_name!r}; choose from {', '.join(RECIPES)}")
-    base = dataclasses.replace(base, recipe=dataclasses.replace(RECIPES[recipe_name], iterations=base.recipe.iterations))
+    if recipe_name != base.recipe_name:  # another preset: the profile keeps only its iteration count
+        base = dataclasses.replace(base, recipe_name=recipe_name,
+                                   recipe=dataclasses.replace(RECIPES[recipe_name], iterations=base.recipe.iterations))
     overrides = dict(overrides)
     if "run.files" in overrides:
         overrides["run.files"] = tuple(overrides["run.files"])
@@ -222,9 +232,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# oneDNN's instruction-set levels, lowest first (the values ONEDNN_MAX_CPU_ISA takes). A cap below
+# AVX512_CORE_BF16 leaves oneDNN without bf16 instructions: its bf16 convolutions then fall back to
+# emulation (measured here: 28x slower than native at 64x64 under ONEDNN_MAX_CPU_ISA=AVX2).
+ONEDNN_ISA_LEVELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                     "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+                     "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap set through ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA), if any."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap in ONEDNN_ISA_LEVELS else None  # ALL, DEFAULT or unset: no cap
+
+
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512-BF16: bf16 convolutions run at several times the fp32 rate (REFERENCE.md 6)."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    """AMX or AVX-512-BF16 that oneDNN may use: bf16 convolutions then run at several times the fp32
+    rate. The CPU flags alone are not enough: an instruction-set cap below AVX512_CORE_BF16 hides them."""
+    cap = onednn_isa_cap()
+    allows = (lambda level: cap is None or ONEDNN_ISA_LEVELS.index(cap) >= ONEDNN_ISA_LEVELS.index(level))
+    amx = torch.cpu._is_amx_tile_supported() and allows("AVX512_CORE_AMX")
+    avx512_bf16 = torch.cpu._is_avx512_bf16_supported() and allows("AVX512_CORE_BF16")
+    return bool(amx or avx512_bf16)
 
 
 def resolve_precision(config: RunConfig, device: torch.device) -> str:

@@ -13,6 +13,9 @@ import torch
 
 from bench.data import REPO_ROOT
 
+# Environment variables that cap the instruction sets oneDNN and ATen use (emulating another CPU kind).
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
 
 def _git(*args: str) -> str | None:
     try:
@@ -59,6 +62,10 @@ def provenance(device: torch.device) -> dict:
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # The CPU kind, which decides the bf16 kernels and so the last bits of a trained PSNR.
+        "cpu_amx": bool(torch.cpu._is_amx_tile_supported()),
+        "cpu_avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ},
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -1,0 +1,146 @@
+"""The regression check (``python -m bench check``, ``make check``): fingerprint, then outcome.
+
+1. **Recipe fingerprint** (bench.fingerprint): the ``fingerprint`` profile, fp32, 24 iterations at a
+   learning rate small enough that the trajectory is not chaotic; every point of every series within a
+   tolerance measured across CPU variants. Sees any change to the math, however small its effect.
+2. **Outcome** (bench.check): the ``smoke`` profile (400 iterations, the default path); per-image and
+   mean PSNR within tolerances derived from the spread measured over seeds and CPU variants. Sees what
+   only shows after many steps, at the price of a tolerance of the order of a seed's spread.
+
+Both run on the CPU (also on a GPU machine) into fresh directories, and compare with the goldens in
+``reports/baselines/``. ``record`` writes new goldens, taking the tolerances from the spread
+measurement ``reports/regression-spread.json`` (``make spread``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import check, fingerprint
+from bench.config import build_config
+from bench.data import REPO_ROOT
+from bench.errors import BenchError
+from bench.records import read_json, write_json_atomic
+from bench.report import config_diff, shared_config
+from bench.runner import run
+
+GOLDENS_DIR = REPO_ROOT / "reports" / "baselines"
+SPREAD_PATH = REPO_ROOT / "reports" / "regression-spread.json"
+PARTS = {"fingerprint": "fingerprint", "outcome": "smoke"}  # part -> the profile it trains
+PROVENANCE_KEYS = ("commit", "dirty", "timestamp", "torch", "device_name", "cpu_capability", "cpu_amx",
+                   "cpu_avx512_bf16", "isa_caps", "torch_threads")
+
+
+@dataclass
+class PartResult:
+    part: str
+    ok: bool
+    lines: list[str]  # what to print: failures first, then a summary
+    margin: float  # largest |Δ| / tolerance over everything compared (> 1: outside)
+    worst: str  # the point (or image) that came closest to, or went furthest past, its tolerance
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def golden_path(part: str, goldens_dir: Path = GOLDENS_DIR) -> Path:
+    return goldens_dir / f"{PARTS[part]}.json"
+
+
+def fresh_run(part: str, data_dir: Path, work_dir: Path) -> list[dict]:
+    """Train ``part``'s profile on the CPU into an emptied ``work_dir/<profile>``; its complete records."""
+    profile = PARTS[part]
+    results = work_dir / profile
+    shutil.rmtree(results, ignore_errors=True)  # stale records of another configuration must not be compared
+    outcome = run(build_config(profile, {"run.device": "cpu"}), data_dir, results, progress=False)
+    if outcome.failures:
+        reasons = "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures)
+        raise BenchError(f"{profile}: {len(outcome.failures)} cell(s) failed to train ({reasons})")
+    return outcome.records
+
+
+def provenance_summary(records: list[dict]) -> dict:
+    prov = records[0]["provenance"]
+    return {k: prov.get(k) for k in PROVENANCE_KEYS}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fingerprint
+
+
+def check_fingerprint(records: list[dict], golden: dict) -> PartResult:
+    config = shared_config(records)
+    if config != golden["config"]:
+        line = f"configuration differs from the golden's in: {', '.join(config_diff(golden['config'], config))}"
+        return PartResult("fingerprint", False, [line], float("inf"), line)
+    problems, misses, margin = fingerprint.compare_fingerprints(fingerprint.fingerprint(records), golden["fingerprint"],
+                                                                golden["tolerance"])
+    lines = problems + [m.describe() for m in sorted(misses, key=lambda m: -m.ratio)[:10]]
+    if len(misses) > 10:
+        lines.append(f"... and {len(misses) - 10} more points outside their tolerance")
+    points = sum(len(v) for fp in golden["fingerprint"].values() for k, v in fp.items() if k in fingerprint.SERIES)
+    ok = not problems and not misses
+    worst = problems[0] if problems else (max(misses, key=lambda m: m.ratio).describe() if misses else "")
+    summary = (f"fingerprint: {points} points of {len(golden['fingerprint'])} images, {len(misses)} outside tolerance; "
+               f"largest |Δ| = {margin:.3g}x its tolerance")
+    return PartResult("fingerprint", ok, lines + [summary], margin if not problems else float("inf"), worst)
+
+
+def record_fingerprint(records: list[dict], spread: dict) -> dict:
+    return {
+        "config": shared_config(records),
+        "fingerprint": fingerprint.fingerprint(records),
+        "tolerance": spread["tolerance"]["fingerprint"],
+        "tolerance_basis": spread["tolerance"]["fingerprint_basis"],
+        "provenance": provenance_summary(records),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outcome
+
+
+def check_outcome(records: list[dict], golden: dict) -> PartResult:
+    tol = golden.get("tolerance")
+    if tol is None:
+        raise BenchError("the outcome baseline has no measured tolerance; re-record it with 'python -m bench check --record'")
+    failures = check.compare(records, golden, tol["per_image_db"], tol["mean_db"])
+    notes = [n for n in [check.execution_note(records, golden)] if n]
+    if failures and failures[0].startswith("configuration differs"):
+        return PartResult("outcome", False, failures, float("inf"), failures[0], notes)
+    ours = check.per_image_psnr(records)
+    ratios = {image: abs(ours[image] - want) / tol["per_image_db"] for image, want in golden["psnr"].items() if image in ours}
+    mean_ratio = abs(check.mean_delta(ours, golden)) / tol["mean_db"] if len(ratios) == len(golden["psnr"]) else float("inf")
+    image, image_ratio = max(ratios.items(), key=lambda kv: kv[1])
+    margin = max(image_ratio, mean_ratio)
+    worst = (f"mean Δ {check.mean_delta(ours, golden):+.2f} dB" if mean_ratio >= image_ratio
+             else f"{image}: Δ {ours[image] - golden['psnr'][image]:+.2f} dB")
+    summary = (f"outcome: {len(ours)} images after {records[0]['config']['recipe']['iterations']} iterations; "
+               f"mean Δ {check.mean_delta(ours, golden) if len(ratios) == len(golden['psnr']) else float('nan'):+.2f} dB "
+               f"(tolerance ±{tol['mean_db']:.2f}), largest image |Δ| {image_ratio * tol['per_image_db']:.2f} dB "
+               f"(tolerance ±{tol['per_image_db']:.2f})")
+    return PartResult("outcome", not failures, failures + [summary], margin, worst, notes)
+
+
+def record_outcome(records: list[dict], spread: dict) -> dict:
+    return check.make_baseline(records, tolerance=spread["tolerance"]["outcome"])
+
+
+CHECKS = {"fingerprint": check_fingerprint, "outcome": check_outcome}
+RECORDERS = {"fingerprint": record_fingerprint, "outcome": record_outcome}
+
+
+def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR) -> PartResult:
+    golden = read_json(golden_path(part, goldens_dir), f"{part} golden")
+    return CHECKS[part](fresh_run(part, data_dir, work_dir), golden)
+
+
+def record(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR, spread_path: Path = SPREAD_PATH) -> Path:
+    """Train ``part`` afresh and write its golden (tolerances from the spread measurement)."""
+    spread = read_json(spread_path, "spread measurement (run 'make spread' first)")
+    path = golden_path(part, goldens_dir)
+    write_json_atomic(path, RECORDERS[part](fresh_run(part, data_dir, work_dir), spread))
+    return path

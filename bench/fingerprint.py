@@ -75,8 +75,8 @@ def tolerances(measured: list[dict[str, list[float]]], safety: float, floor: flo
 
 
 @dataclass(frozen=True)
-class Miss:
-    """One point outside its tolerance."""
+class Point:
+    """One compared point: this run's value, the golden's, and the tolerance."""
 
     image: str
     series: str
@@ -87,7 +87,7 @@ class Miss:
 
     @property
     def ratio(self) -> float:
-        """|Δ| in units of the tolerance (> 1 for a miss; infinite for a value that is not finite)."""
+        """|Δ| in units of the tolerance (> 1: outside; infinite for a value that is not finite)."""
         delta = abs(self.value - self.expected)
         return delta / self.tolerance if math.isfinite(delta) else math.inf
 
@@ -101,9 +101,9 @@ class Miss:
                 f"(Δ {self.value - self.expected:+.2e}, tolerance ±{self.tolerance:.1e}, {self.ratio:.3g}x)")
 
 
-def compare_fingerprints(ours: dict[str, dict], golden: dict[str, dict], tol: dict[str, list[float]]) -> tuple[list[str], list[Miss], float]:
-    """(structural problems, points outside tolerance, largest |Δ|/tolerance over all points)."""
-    problems, misses, worst = [], [], 0.0
+def compare_fingerprints(ours: dict[str, dict], golden: dict[str, dict], tol: dict[str, list[float]]) -> tuple[list[str], list[Point]]:
+    """(structural problems: a missing image, another mask, another length; every point compared)."""
+    problems, points = [], []
     for image, expected in golden.items():
         if image not in ours:
             problems.append(f"{image}: no record in this run")
@@ -116,9 +116,6 @@ def compare_fingerprints(ours: dict[str, dict], golden: dict[str, dict], tol: di
             if len(mine[name]) != len(expected[name]):
                 problems.append(f"{image}: {name} has {len(mine[name])} points, the golden {len(expected[name])}")
                 continue
-            for k, (value, want) in enumerate(zip(mine[name], expected[name])):
-                miss = Miss(image, name, k, value, want, tol[name][k])
-                worst = max(worst, miss.ratio)
-                if miss.ratio > 1.0:
-                    misses.append(miss)
-    return problems, misses, worst
+            points += [Point(image, name, k, value, want, tol[name][k])
+                       for k, (value, want) in enumerate(zip(mine[name], expected[name]))]
+    return problems, points

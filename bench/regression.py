@@ -14,6 +14,7 @@ measurement ``reports/regression-spread.json`` (``make spread``).
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ class PartResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: an infinite margin (nothing comparable: configuration or mask differ) becomes None."""
+        return {**asdict(self), "margin": self.margin if math.isfinite(self.margin) else None}
 
 
 def golden_path(part: str, goldens_dir: Path = GOLDENS_DIR) -> Path:
@@ -76,17 +78,18 @@ def check_fingerprint(records: list[dict], golden: dict) -> PartResult:
     if config != golden["config"]:
         line = f"configuration differs from the golden's in: {', '.join(config_diff(golden['config'], config))}"
         return PartResult("fingerprint", False, [line], float("inf"), line)
-    problems, misses, margin = fingerprint.compare_fingerprints(fingerprint.fingerprint(records), golden["fingerprint"],
-                                                                golden["tolerance"])
-    lines = problems + [m.describe() for m in sorted(misses, key=lambda m: -m.ratio)[:10]]
+    problems, points = fingerprint.compare_fingerprints(fingerprint.fingerprint(records), golden["fingerprint"],
+                                                        golden["tolerance"])
+    misses = sorted((p for p in points if p.ratio > 1.0), key=lambda p: -p.ratio)
+    lines = problems + [m.describe() for m in misses[:10]]
     if len(misses) > 10:
         lines.append(f"... and {len(misses) - 10} more points outside their tolerance")
-    points = sum(len(v) for fp in golden["fingerprint"].values() for k, v in fp.items() if k in fingerprint.SERIES)
-    ok = not problems and not misses
-    worst = problems[0] if problems else (max(misses, key=lambda m: m.ratio).describe() if misses else "")
-    summary = (f"fingerprint: {points} points of {len(golden['fingerprint'])} images, {len(misses)} outside tolerance; "
-               f"largest |Δ| = {margin:.3g}x its tolerance")
-    return PartResult("fingerprint", ok, lines + [summary], margin if not problems else float("inf"), worst)
+    closest = max(points, key=lambda p: p.ratio)
+    margin = math.inf if problems else closest.ratio
+    summary = (f"fingerprint: {len(points)} points of {len(golden['fingerprint'])} images, {len(misses)} outside "
+               f"tolerance; largest |Δ| = {margin:.3g}x its tolerance")
+    return PartResult("fingerprint", not problems and not misses, lines + [summary], margin,
+                      problems[0] if problems else closest.describe())
 
 
 def record_fingerprint(records: list[dict], spread: dict) -> dict:

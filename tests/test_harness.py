@@ -7,7 +7,8 @@ import pytest
 
 import bench.runner
 from bench.config import PROFILES, build_config, execution_path
-from bench.records import load_records, read_record
+from bench.records import load_records, read_json, read_record
+from bench.regression import GOLDENS_DIR
 from bench.report import render
 from dip.seeding import derived_seed
 from bench.runner import estimate_seconds, measure_ms_per_iter, run
@@ -103,13 +104,19 @@ def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, t
 
 
 def test_fast_path_keeps_psnr_parity_with_the_reference_path(smoke_fast, tmp_path, data_dir):
-    """Every smoke image: the fast path's PSNR within 0.3 dB of the reference path's."""
+    """The smoke images on both paths, within the outcome check's tolerances (per image and for the mean
+    over the images). After 400 chaotic steps the two paths differ as two CPU kinds or two seeds do;
+    the tolerances come from that spread, measured (reports/regression-spread.md)."""
+    tolerance = read_json(GOLDENS_DIR / "smoke.json", "baseline")["tolerance"]
     reference = run(build_config("smoke", {"run.path": "reference"}), data_dir, tmp_path, progress=False).records
     assert execution_path(reference[0]["config"]["recipe"]) == "reference"
     assert execution_path(smoke_fast[0]["config"]["recipe"]) == "fast"
+    deltas = {}
     for fast, ref in zip(smoke_fast, reference):
         assert fast["image"] == ref["image"]
-        assert abs(fast["psnr"] - ref["psnr"]) <= 0.3, (fast["image"], fast["psnr"], ref["psnr"])
+        deltas[fast["image"]] = fast["psnr"] - ref["psnr"]
+    assert all(abs(d) <= tolerance["per_image_db"] for d in deltas.values()), (deltas, tolerance)
+    assert abs(sum(deltas.values()) / len(deltas)) <= tolerance["mean_db"], (deltas, tolerance)
 
 
 def test_estimate_multiplies_measured_times_by_the_work():

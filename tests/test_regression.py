@@ -1,0 +1,171 @@
+"""The regression check: fingerprint and outcome comparisons, tolerances, and the mutation suite's power."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+import bench.config
+from bench import fingerprint as fp
+from bench.check import compare, execution_note, make_baseline
+from bench.config import cpu_has_fast_bf16, onednn_isa_cap
+from bench.data import REPO_ROOT
+from bench.errors import BenchError
+from bench.mutations import MUTATIONS, mutated_tree, select_mutations
+from bench.regression import check_fingerprint
+from tests.test_report import fixture_record
+
+
+def fingerprint_record(image: str, losses: list[float], mask: str = "ab" * 32) -> dict:
+    """A record of a 3-iteration fingerprint run: curve losses given, PSNRs derived from them."""
+    curve = [{"iteration": i, "loss": loss, "psnr_masked": 0.0, "psnr": 20.0 + i, "psnr_ema": 19.0 + i}
+             for i, loss in enumerate(losses)]
+    return {"image": image, "curve": curve, "mask_sha256": mask, "psnr": 23.0, "psnr_pasted": 25.0, "psnr_ema": 22.0,
+            "psnr_masked_input": 8.0, "reference_psnr": {"interp_nearest": 24.0, "interp_linear": 26.0}}
+
+
+def test_image_fingerprint_is_every_series_in_db():
+    got = fp.image_fingerprint(fingerprint_record("house", [0.1, 0.01, 0.001]))
+    assert got["loss"] == pytest.approx([10.0, 20.0, 30.0])
+    assert got["psnr"] == [20.0, 21.0, 22.0] and got["psnr_ema"] == [19.0, 20.0, 21.0]
+    assert got["final"] == [23.0, 25.0, 22.0] and got["static"] == [8.0, 24.0, 26.0]
+    assert got["mask_sha256"] == "ab" * 32
+
+
+def test_a_fingerprint_needs_a_point_at_every_iteration():
+    record = fingerprint_record("house", [0.1, 0.01, 0.001])
+    record["curve"] = record["curve"][::2]
+    with pytest.raises(ValueError, match="eval_every 1"):
+        fp.image_fingerprint(record)
+
+
+def test_tolerance_is_safety_times_the_running_max_of_measured_deviations_with_a_floor():
+    measured = [{"loss": [0.0, 2e-4, 1e-4], "psnr": [1e-6, 0.0, 0.0], "psnr_ema": [0.0, 0.0, 0.0],
+                 "final": [3e-3, 0.0, 1e-3], "static": [0.0, 0.0, 0.0]},
+                {"loss": [1e-5, 0.0, 0.0], "psnr": [0.0, 0.0, 5e-4], "psnr_ema": [0.0, 0.0, 0.0],
+                 "final": [0.0, 2e-3, 0.0], "static": [0.0, 0.0, 0.0]}]
+    tol = fp.tolerances(measured, safety=10.0, floor=1e-5)
+    assert tol["loss"] == pytest.approx([1e-4, 2e-3, 2e-3])  # curve: never below an earlier point's
+    assert tol["psnr"] == pytest.approx([1e-5, 1e-5, 5e-3])
+    assert tol["final"] == pytest.approx([3e-2, 2e-2, 1e-2])  # not a curve: point by point
+    assert tol["static"] == [1e-5] * 3
+
+
+def test_deviations_are_the_largest_over_images():
+    a = fp.fingerprint([fingerprint_record("house", [0.1, 0.01]), fingerprint_record("cman", [0.1, 0.01])])
+    b = fp.fingerprint([fingerprint_record("house", [0.1, 0.01 * 10 ** 0.0001]), fingerprint_record("cman", [0.1 * 10 ** 0.0003, 0.01])])
+    dev = fp.deviations(a, b)
+    assert dev["loss"] == pytest.approx([3e-3, 1e-3])
+    assert dev["psnr"] == [0.0, 0.0] and dev["static"] == [0.0, 0.0, 0.0]
+
+
+def _golden(records: list[dict], tol: float = 1e-3) -> dict:
+    prints = fp.fingerprint(records)
+    first = next(iter(prints.values()))
+    return {"config": {"profile": "fingerprint", "recipe": {"lr": 1e-6}}, "fingerprint": prints,
+            "tolerance": {name: [tol] * len(first[name]) for name in fp.SERIES}}
+
+
+def _with_config(records: list[dict], lr: float = 1e-6) -> list[dict]:
+    for r in records:
+        r["config"] = {"profile": "fingerprint", "image": r["image"], "seed": 0, "recipe": {"lr": lr}}
+    return records
+
+
+def test_fingerprint_check_passes_within_tolerance_and_names_the_point_outside():
+    golden = _golden([fingerprint_record("house", [0.1, 0.01, 0.001])])
+    same = check_fingerprint(_with_config([fingerprint_record("house", [0.1, 0.01, 0.001])]), golden)
+    assert same.ok and same.margin == 0.0
+    moved = check_fingerprint(_with_config([fingerprint_record("house", [0.1, 0.01 * 10 ** -0.0005, 0.001])]), golden)
+    assert not moved.ok and moved.margin == pytest.approx(5.0)
+    assert moved.lines[0].startswith("house: loss at iteration 1 20.005000 dB vs golden 20.000000 (Δ +5.00e-03, tolerance ±1.0e-03, 5x)")
+    assert moved.lines[-1] == "fingerprint: 15 points of 1 images, 1 outside tolerance; largest |Δ| = 5x its tolerance"
+
+
+def test_fingerprint_check_fails_a_nan_another_mask_or_another_configuration():
+    golden = _golden([fingerprint_record("house", [0.1, 0.01, 0.001])])
+    nan = check_fingerprint(_with_config([fingerprint_record("house", [0.1, math.nan, 0.001])]), golden)
+    assert not nan.ok and nan.margin == math.inf
+    mask = check_fingerprint(_with_config([fingerprint_record("house", [0.1, 0.01, 0.001], mask="cd" * 32)]), golden)
+    assert not mask.ok and mask.lines[0].startswith("house: the mask differs from the golden's")
+    config = check_fingerprint(_with_config([fingerprint_record("house", [0.1, 0.01, 0.001])], lr=1e-3), golden)
+    assert not config.ok and config.lines == ["configuration differs from the golden's in: recipe.lr"]
+    assert config.to_dict()["margin"] is None  # JSON has no infinity
+
+
+def test_outcome_check_has_a_per_image_and_a_mean_tolerance():
+    records = [fixture_record("house", 0, 30.0), fixture_record("cman", 0, 25.0), fixture_record("lena", 0, 28.0)]
+    baseline = make_baseline(records, tolerance={"per_image_db": 1.0, "mean_db": 0.5, "basis": "test"})
+    assert baseline["tolerance"]["mean_db"] == 0.5
+    shifted = [fixture_record("house", 0, 30.9), fixture_record("cman", 0, 25.9), fixture_record("lena", 0, 27.9)]
+    assert compare(shifted, baseline, 1.0) == []  # each image within 1 dB
+    assert compare(shifted, baseline, 1.0, 0.5) == ["mean over 3 images: Δ +0.57 dB vs baseline (tolerance ±0.5)"]
+    nan = [fixture_record("house", 0, math.nan)] + records[1:]
+    assert compare(nan, baseline, 1.0, 0.5)[0].startswith("house: nan dB vs baseline 30.00 dB")
+
+
+def test_outcome_check_reports_but_does_not_fail_another_execution_of_the_recipe():
+    records = [fixture_record("house", 0, 30.0), fixture_record("cman", 0, 25.0)]
+    baseline = make_baseline(records)
+    fp32 = json.loads(json.dumps(records))
+    for r in fp32:
+        r["config"]["recipe"]["precision"] = "fp32"
+    assert compare(fp32, baseline, 0.5) == []
+    assert execution_note(fp32, baseline) == f"executed differently from the baseline: precision fp32 (baseline {records[0]['config']['recipe']['precision']})"
+    assert execution_note(records, baseline) is None
+
+
+@pytest.mark.parametrize(
+    ("cap", "amx", "avx512_bf16", "fast"),
+    [(None, True, True, True), ("AVX512_CORE_BF16", True, True, True), ("AVX512_CORE", True, True, False),
+     ("AVX2", False, True, False), ("avx512_core_amx", True, True, True), ("ALL", False, True, True),
+     (None, False, False, False)],
+)
+def test_fast_bf16_needs_the_cpu_and_the_instruction_set_cap_to_allow_it(monkeypatch, cap, amx, avx512_bf16, fast):
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.setattr(bench.config.torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(bench.config.torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert cpu_has_fast_bf16() is fast
+    assert onednn_isa_cap() == (None if cap in (None, "ALL") else cap.upper())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The mutation suite: every mutation still applies, and the fingerprint check catches each one
+
+
+def test_every_mutation_names_its_source_text_exactly_once():
+    for mutation in MUTATIONS:
+        text = (REPO_ROOT / mutation.path).read_text(encoding="utf-8")
+        assert text.count(mutation.old) == 1, mutation.name
+    assert len({m.name for m in MUTATIONS}) == len(MUTATIONS) >= 10
+
+
+def test_an_unknown_mutation_is_refused():
+    with pytest.raises(BenchError, match="unknown mutation nope"):
+        select_mutations(("nope",))
+
+
+def _fingerprint_check(tree, data_dir, work_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", "check", "--part", "fingerprint", "--work-dir", str(work_dir),
+                           "--data-dir", str(data_dir)], cwd=tree, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_unmodified_code_passes_the_fingerprint_check(tmp_path, data_dir):
+    done = _fingerprint_check(mutated_tree(None, tmp_path / "tree"), data_dir, tmp_path / "work")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("OK fingerprint: 234 points of 3 images, 0 outside tolerance")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
+def test_the_fingerprint_check_catches_the_mutation(mutation, tmp_path, data_dir):
+    done = _fingerprint_check(mutated_tree(mutation, tmp_path / "tree"), data_dir, tmp_path / "work")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("FAIL fingerprint")

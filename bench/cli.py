@@ -348,8 +348,9 @@ def cmd_power(args: argparse.Namespace) -> int:
     mutations = select_mutations(args.mutations)
     results = measure_power(mutations, data_dir(args.data_dir), args.work_dir)
     write_power(results, args.out)
-    missed = [r["name"] for r in results if not r["caught"]]
-    print(f"Power report written to {args.out}: {len(results) - len(missed)} of {len(results)} mutations caught"
+    missed = [r["name"] for r in results if not r["caught"] and not r["blind_spot"]]
+    suite = [r for r in results if not r["blind_spot"] and r["name"] != "unmodified"]
+    print(f"Power report written to {args.out}: {len(suite) - len(missed)} of {len(suite)} mutations caught"
           + (f"; missed: {', '.join(missed)}" if missed else ""))
     return 0 if not missed else 1
 

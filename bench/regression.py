@@ -115,17 +115,18 @@ def check_outcome(records: list[dict], golden: dict) -> PartResult:
     if failures and failures[0].startswith("configuration differs"):
         return PartResult("outcome", False, failures, float("inf"), failures[0], notes)
     ours = check.per_image_psnr(records)
-    ratios = {image: abs(ours[image] - want) / tol["per_image_db"] for image, want in golden["psnr"].items() if image in ours}
-    mean_ratio = abs(check.mean_delta(ours, golden)) / tol["mean_db"] if len(ratios) == len(golden["psnr"]) else float("inf")
-    image, image_ratio = max(ratios.items(), key=lambda kv: kv[1])
-    margin = max(image_ratio, mean_ratio)
-    worst = (f"mean Δ {check.mean_delta(ours, golden):+.2f} dB" if mean_ratio >= image_ratio
-             else f"{image}: Δ {ours[image] - golden['psnr'][image]:+.2f} dB")
+    if not golden["psnr"].keys() <= ours.keys():
+        return PartResult("outcome", False, failures, math.inf, failures[0], notes)
+    deltas = {image: ours[image] - want for image, want in golden["psnr"].items()}
+    mean = check.mean_delta(ours, golden)
+    image = max(deltas, key=lambda i: abs(deltas[i]))
+    image_ratio, mean_ratio = abs(deltas[image]) / tol["per_image_db"], abs(mean) / tol["mean_db"]
+    worst = f"mean Δ {mean:+.2f} dB" if mean_ratio >= image_ratio else f"{image}: Δ {deltas[image]:+.2f} dB"
     summary = (f"outcome: {len(ours)} images after {records[0]['config']['recipe']['iterations']} iterations; "
-               f"mean Δ {check.mean_delta(ours, golden) if len(ratios) == len(golden['psnr']) else float('nan'):+.2f} dB "
-               f"(tolerance ±{tol['mean_db']:.2f}), largest image |Δ| {image_ratio * tol['per_image_db']:.2f} dB "
-               f"(tolerance ±{tol['per_image_db']:.2f})")
-    return PartResult("outcome", not failures, failures + [summary], margin, worst, notes)
+               f"mean Δ {mean:+.2f} dB (tolerance ±{tol['mean_db']:.2f}), largest image |Δ| {abs(deltas[image]):.2f} dB "
+               f"({image}; tolerance ±{tol['per_image_db']:.2f})")
+    margin = max(image_ratio, mean_ratio)
+    return PartResult("outcome", not failures, failures + [summary], margin if math.isfinite(margin) else math.inf, worst, notes)
 
 
 def record_outcome(records: list[dict], spread: dict) -> dict:

@@ -103,8 +103,8 @@ PROFILES: dict[str, RunConfig] = {
     # All 11 images x 3 seeds, 128x128 centre crops, 600 iterations: about 25 minutes on a 2-core AMX CPU.
     "quick": RunConfig(profile="quick", seeds=(0, 1, 2), crop=128, checkpoint_every=200, recipe=RestoreConfig(iterations=600)),
     # CI's regression run: 3 images, 64x64 crops, 400 iterations: about 40 s on a 2-core AMX CPU.
-    # At 200 iterations PSNR still climbs ~0.7 dB per 50 steps and seeds spread by 0.7 dB, too
-    # steep for the 0.3 dB fast-vs-reference parity test to mean anything; at 400 it has levelled.
+    # At 200 iterations PSNR still climbs ~0.7 dB per 50 steps and seeds spread by 0.7 dB; at 400 it has
+    # levelled. The regression check's outcome part (bench.regression) and the parity test run it.
     "smoke": RunConfig(profile="smoke", images=("house", "cman", "peppers"), crop=64, checkpoint_every=0,
                        recipe=RestoreConfig(iterations=400)),
     # The regression check's recipe fingerprint (bench.fingerprint): the smoke images, 24 iterations on the
@@ -232,25 +232,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# oneDNN's instruction-set levels, lowest first (the values ONEDNN_MAX_CPU_ISA takes). A cap below
-# AVX512_CORE_BF16 leaves oneDNN without bf16 instructions: its bf16 convolutions then fall back to
-# emulation (measured here: 28x slower than native at 64x64 under ONEDNN_MAX_CPU_ISA=AVX2).
-ONEDNN_ISA_LEVELS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
-                     "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
-                     "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+# oneDNN's instruction-set levels (the values ONEDNN_MAX_CPU_ISA takes) and their rank; the AVX10 names
+# are aliases of the AVX-512 ones. A cap below AVX512_CORE_BF16 leaves oneDNN without bf16 instructions:
+# its bf16 convolutions then fall back to emulation (measured here: 28x slower than native at 64x64
+# under ONEDNN_MAX_CPU_ISA=AVX2).
+ONEDNN_ISA_RANK = {"SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 3, "AVX2_VNNI_2": 4, "AVX512_CORE": 5,
+                   "AVX512_CORE_VNNI": 6, "AVX512_CORE_BF16": 7, "AVX512_CORE_FP16": 8, "AVX10_1_512": 8,
+                   "AVX512_CORE_AMX": 9, "AVX10_1_512_AMX": 9, "AVX512_CORE_AMX_FP16": 10, "AVX10_1_512_AMX_FP16": 10}
 
 
 def onednn_isa_cap() -> str | None:
     """The instruction-set cap set through ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA), if any."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    return cap if cap in ONEDNN_ISA_LEVELS else None  # ALL, DEFAULT or unset: no cap
+    return cap if cap in ONEDNN_ISA_RANK else None  # ALL, DEFAULT or unset: no cap
 
 
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX-512-BF16 that oneDNN may use: bf16 convolutions then run at several times the fp32
     rate. The CPU flags alone are not enough: an instruction-set cap below AVX512_CORE_BF16 hides them."""
     cap = onednn_isa_cap()
-    allows = (lambda level: cap is None or ONEDNN_ISA_LEVELS.index(cap) >= ONEDNN_ISA_LEVELS.index(level))
+    allows = (lambda level: cap is None or ONEDNN_ISA_RANK[cap] >= ONEDNN_ISA_RANK[level])
     amx = torch.cpu._is_amx_tile_supported() and allows("AVX512_CORE_AMX")
     avx512_bf16 = torch.cpu._is_avx512_bf16_supported() and allows("AVX512_CORE_BF16")
     return bool(amx or avx512_bf16)

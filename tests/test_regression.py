@@ -120,7 +120,8 @@ def test_outcome_check_reports_but_does_not_fail_another_execution_of_the_recipe
 @pytest.mark.parametrize(
     ("cap", "amx", "avx512_bf16", "fast"),
     [(None, True, True, True), ("AVX512_CORE_BF16", True, True, True), ("AVX512_CORE", True, True, False),
-     ("AVX2", False, True, False), ("avx512_core_amx", True, True, True), ("ALL", False, True, True),
+     ("AVX2", False, True, False), ("avx512_core_amx", True, True, True), ("AVX10_1_512_AMX", True, False, True),
+     ("AVX10_1_512", True, True, True), ("AVX512_CORE_BF16", True, False, False), ("ALL", False, True, True),
      (None, False, False, False)],
 )
 def test_fast_bf16_needs_the_cpu_and_the_instruction_set_cap_to_allow_it(monkeypatch, cap, amx, avx512_bf16, fast):

@@ -26,16 +26,25 @@ def per_image_psnr(records: list[dict]) -> dict[str, float]:
     return {key: float(np.mean([r["psnr"] for r in records if r["image"] == key])) for key in images}
 
 
+# What a baseline, golden or spread measurement keeps of its records' provenance: code, software, CPU kind.
+PROVENANCE_KEYS = ("commit", "dirty", "timestamp", "torch", "device_name", "cpu_model", "cpu_capability", "cpu_amx",
+                   "cpu_avx512_bf16", "isa_caps", "torch_threads")
+
+
+def provenance_summary(records: list[dict]) -> dict:
+    """The first record's provenance, reduced to :data:`PROVENANCE_KEYS`."""
+    prov = records[0]["provenance"]
+    return {k: prov.get(k) for k in PROVENANCE_KEYS}
+
+
 def make_baseline(records: list[dict], tolerance: dict | None = None) -> dict:
     """A baseline: the shared configuration, per-image mean PSNR, where it was measured, and (when given)
     its tolerances {"per_image_db", "mean_db", "basis"}."""
-    prov = records[0]["provenance"]
     baseline = {
         "config": shared_config(records),
         "seeds": sorted({r["seed"] for r in records}),
         "psnr": per_image_psnr(records),
-        "provenance": {k: prov.get(k) for k in ("commit", "dirty", "timestamp", "torch", "device_name", "cpu_capability",
-                                                "cpu_amx", "cpu_avx512_bf16")},
+        "provenance": provenance_summary(records),
     }
     if tolerance is not None:
         baseline["tolerance"] = tolerance

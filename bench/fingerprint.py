@@ -17,6 +17,7 @@ across CPU instruction sets and thread counts (bench.spread), so rounding alone 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -53,23 +54,14 @@ def deviations(a: dict[str, dict], b: dict[str, dict]) -> dict[str, list[float]]
             for name in SERIES}
 
 
-def running_max(values: list[float]) -> list[float]:
-    """Rounding differences only grow along a trajectory: a point's tolerance is at least its predecessors'."""
-    out, top = [], 0.0
-    for value in values:
-        top = max(top, value)
-        out.append(top)
-    return out
-
-
 def tolerances(measured: list[dict[str, list[float]]], safety: float, floor: float) -> dict[str, list[float]]:
     """The tolerance of every point: ``safety`` x the largest deviation measured there (or before it, for
     curve series) across CPU variants, and at least ``floor`` dB."""
     tol = {}
     for name in SERIES:
         worst = [max(m[name][k] for m in measured) for k in range(len(measured[0][name]))]
-        if name in CURVE_SERIES:
-            worst = running_max(worst)
+        if name in CURVE_SERIES:  # rounding differences only grow along a trajectory: at least the predecessors'
+            worst = list(itertools.accumulate(worst, max))
         tol[name] = [max(floor, safety * w) for w in worst]
     return tol
 

@@ -30,8 +30,6 @@ from bench.runner import run
 GOLDENS_DIR = REPO_ROOT / "reports" / "baselines"
 SPREAD_PATH = REPO_ROOT / "reports" / "regression-spread.json"
 PARTS = {"fingerprint": "fingerprint", "outcome": "smoke"}  # part -> the profile it trains
-PROVENANCE_KEYS = ("commit", "dirty", "timestamp", "torch", "device_name", "cpu_capability", "cpu_amx",
-                   "cpu_avx512_bf16", "isa_caps", "torch_threads")
 
 
 @dataclass
@@ -64,11 +62,6 @@ def fresh_run(part: str, data_dir: Path, work_dir: Path) -> list[dict]:
     return outcome.records
 
 
-def provenance_summary(records: list[dict]) -> dict:
-    prov = records[0]["provenance"]
-    return {k: prov.get(k) for k in PROVENANCE_KEYS}
-
-
 # ---------------------------------------------------------------------------------------------------
 # Fingerprint
 
@@ -98,7 +91,7 @@ def record_fingerprint(records: list[dict], spread: dict) -> dict:
         "fingerprint": fingerprint.fingerprint(records),
         "tolerance": spread["tolerance"]["fingerprint"],
         "tolerance_basis": spread["tolerance"]["fingerprint_basis"],
-        "provenance": provenance_summary(records),
+        "provenance": check.provenance_summary(records),
     }
 
 

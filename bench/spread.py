@@ -99,7 +99,6 @@ def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[dict]], refer
              f"{', '.join(deviations)} (reports/regression-spread.md), at least {FINGERPRINT_FLOOR_DB:g} dB")
     outcome_basis = (f"max({OUTCOME_Z:g} x sqrt(2) x seed std (seeds {SEEDS}), {OUTCOME_MARGIN:g} x the largest "
                      f"difference across CPU variants and the reference path) (reports/regression-spread.md)")
-    first = smoke["default"][0]["provenance"]
     return {
         "variants": variants,
         "fingerprint_deviations": deviations,
@@ -115,8 +114,7 @@ def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[dict]], refer
             "fingerprint_basis": basis,
             "outcome": {"per_image_db": per_image_tol, "mean_db": mean_tol, "basis": outcome_basis},
         },
-        "provenance": {k: first.get(k) for k in ("commit", "dirty", "timestamp", "torch", "cpu_model", "cpu_capability",
-                                                 "cpu_amx", "cpu_avx512_bf16", "torch_threads")},
+        "provenance": check.provenance_summary(smoke["default"]),
     }
 
 

@@ -5,10 +5,10 @@ PY := $(VENV)/bin/python
 # torch build: with an NVIDIA driver (nvidia-smi on PATH) the newest CUDA wheel; without one the pinned
 # 2.13.0 (a CPU wheel where one is on a local wheelhouse, as on CI). Override: make setup TORCH="torch==X".
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
-# `make bench` runs the paper profile on a CUDA machine and the quick profile without one.
-PROFILE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),paper,quick)
+# `make bench` runs the paper profile on a CUDA machine and the brief profile (minutes) without one.
+HAS_GPU := $(if $(shell command -v nvidia-smi 2>/dev/null),yes,)
 
-.PHONY: setup test bench ablations check spread power baseline speed clean-runs
+.PHONY: setup test bench bench-brief bench-quick bench-paper readme ablations check spread power baseline speed clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,34 @@ setup:
 test:
 	$(PY) -m pytest
 
-# The main job: the seed reproduction's recipe, then the paper's with the seed recipe as a column, and
-# the published outputs at full size. Writes reports/$(PROFILE).md, reports/$(PROFILE)-seed.md, reports/published.md.
-bench:
-	$(PY) -m bench run --profile $(PROFILE) --recipe seed --publish
-	$(PY) -m bench run --profile $(PROFILE) --publish --with "Seed recipe=runs/$(PROFILE)-seed"
+# The main job. With a GPU: the paper profile (Table 1's protocol) with the seed reproduction's recipe as a
+# column; without one: the brief profile, then what to run next. Both also score the published outputs.
+bench: $(if $(HAS_GPU),bench-paper,bench-brief)
+
+# All 11 images once, 64x64 crops, 500 iterations: reports/brief.md and the README's results table.
+bench-brief:
+	$(PY) -m bench run --profile brief --publish
 	$(PY) -m bench published
+	$(PY) -m bench readme
+	@echo
+	@echo "That was the 'brief' profile: every image once, on crops, with a short budget; not comparable to Table 1."
+	@echo "Next: 'make bench-quick' (3 seeds at 128x128, both recipes; about an hour on a 2-core CPU),"
+	@echo "      'make bench-paper' (the paper's protocol; a GPU job, days on a CPU: 'python -m bench estimate --profile paper' says how long here)."
+
+# Both recipes at 128x128 crops, 600 iterations, seeds 0-2: reports/quick.md and reports/quick-seed.md.
+bench-quick:
+	$(PY) -m bench run --profile quick --recipe seed --publish
+	$(PY) -m bench run --profile quick --publish --with "Seed recipe=runs/quick-seed"
+
+# The paper's protocol (full images, 11000 iterations, backtracking), with the seed recipe as a column.
+bench-paper:
+	$(PY) -m bench run --profile paper --recipe seed --publish
+	$(PY) -m bench run --profile paper --publish --with "Seed recipe=runs/paper-seed"
+	$(PY) -m bench published
+
+# Rewrite the README's results table from the committed records of reports/brief/ (`--check` compares only).
+readme:
+	$(PY) -m bench readme
 
 # The recipe ambiguities as variants (quick profile, 3 images x 3 seeds); writes reports/ablations.md
 ablations:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from bench.runner import gflop_per_iteration
+from bench.train import gflop_per_iteration
 from bench.speed import make_trainer, train_step
 
 ROUNDS = {128: int(os.environ.get("SPEED_ROUNDS_128", 10)), 256: int(os.environ.get("SPEED_ROUNDS_256", 5))}

@@ -1,4 +1,4 @@
-"""Checkpoints of the cells in training: ``<results>/checkpoints/<image>_seed<k>.pt``, written atomically.
+"""Checkpoints of the cells in training (where: bench.rundir), written atomically.
 
 A checkpoint holds the cell's resolved configuration beside the training state; one of another
 configuration (a changed flag) or one that cannot be read is set aside with a note, never trusted.
@@ -15,12 +15,7 @@ import torch
 
 from bench.records import write_bytes_atomic
 
-CHECKPOINTS_DIR = "checkpoints"
 FORMAT = 1
-
-
-def checkpoint_path(record_path: Path) -> Path:
-    return record_path.parent / CHECKPOINTS_DIR / record_path.with_suffix(".pt").name
 
 
 def save_checkpoint(path: Path, config: dict, state: dict) -> None:
@@ -44,3 +39,13 @@ def load_checkpoint(path: Path, config: dict, device: torch.device) -> tuple[dic
     if not same:
         return None, f"checkpoint {path} is of another configuration; starting that cell afresh"
     return state, None
+
+
+def checkpoint_iteration(path: Path) -> int | None:
+    """The iteration a checkpoint resumes at, or None if it cannot be read (the run that resumes
+    will say so and start afresh)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(saved["state"]["loop"]["next_iteration"])
+    except Exception:  # truncated, corrupt or foreign file: whatever torch.load raises
+        return None

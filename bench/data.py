@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bench.errors import BenchError
+from bench.errors import BenchError, closest, unknown_choice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS_DIR = REPO_ROOT / "datasets"
@@ -40,6 +40,7 @@ class ImageInfo:
     papyan: float  # Table 1, Papyan et al. (dB)
     dip_paper: float  # Table 1, Deep Image Prior (dB)
     seed_repro: float  # Peschl et al.'s reproduction (dB)
+    aliases: tuple[str, ...] = ()  # other names the image goes by (cameraman, lenna), for the command line
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ def load_images() -> dict[str, ImageInfo]:
             papyan=float(row["papyan"]),
             dip_paper=float(row["dip_paper"]),
             seed_repro=float(row["seed_repro"]),
+            aliases=tuple(a.strip() for a in row.get("aliases", "").split(",") if a.strip()),
         )
     return infos
 
@@ -78,14 +80,32 @@ def load_files() -> dict[tuple[str, str], FileEntry]:
     return {(r["stem"], r["kind"]): FileEntry(**r) for r in _read_tsv(DATASETS_DIR / "files.tsv")}
 
 
-def resolve_image(name: str, images: dict[str, ImageInfo] | None = None) -> ImageInfo:
-    """Look an image up by key, file stem or display name, case-insensitively."""
-    images = images or load_images()
-    wanted = name.strip().lower()
+def _spelling(name: str) -> str:
+    """Case, spaces and punctuation dropped: "C.man" and "c man" are "cman"."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def image_spellings(images: dict[str, ImageInfo]) -> dict[str, str]:
+    """{spelling: key} for every name an image answers to: key, file stem, display name, aliases, each
+    also with its size appended (house256, barbara512), as the images are often called."""
+    spellings: dict[str, str] = {}
     for info in images.values():
-        if wanted in (info.key.lower(), info.stem.lower(), info.name.lower()):
-            return info
-    raise BenchError(f"unknown image {name!r}; known: {', '.join(images)}")
+        for name in (info.key, info.stem, info.name, *info.aliases):
+            for spelling in (_spelling(name), _spelling(name) + str(info.width)):
+                if spellings.setdefault(spelling, info.key) != info.key:
+                    raise ValueError(f"images.tsv: {spelling!r} names both {spellings[spelling]} and {info.key}")
+    return spellings
+
+
+def resolve_image(name: str, images: dict[str, ImageInfo] | None = None) -> ImageInfo:
+    """Look an image up by key, file stem, display name or alias, ignoring case and punctuation;
+    an unknown name fails with the nearest known one suggested."""
+    images = images or load_images()
+    spellings = image_spellings(images)
+    wanted = _spelling(name)
+    if wanted in spellings:
+        return images[spellings[wanted]]
+    raise BenchError(unknown_choice("unknown image", name.strip(), images, hint=closest(wanted, spellings)))
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:

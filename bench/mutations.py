@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.data import REPO_ROOT
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown_choice
 from bench.provenance import cpu_model, git_state
 from bench.records import write_json_atomic, write_text_atomic
 
@@ -40,17 +40,17 @@ MUTATIONS = (
     Mutation("gradients-accumulate", "optimiser", "dip/restore.py",
              "        self.steps += 1\n        self.optimizer.zero_grad(set_to_none=True)\n", "        self.steps += 1\n",
              "zero_grad dropped in a refactor of the step: gradients add up across iterations"),
-    Mutation("leaky-relu-default-slope", "activation", "dip/skipnet.py",
+    Mutation("leaky-relu-default-slope", "activation", "dip/nets/blocks.py",
              "nn.LeakyReLU(config.negative_slope, inplace=True)", "nn.LeakyReLU(inplace=True)",
              "the configured slope 0.2 not passed on: PyTorch's default 0.01 runs instead"),
-    Mutation("merge-batchnorm-dropped", "normalisation", "dip/skipnet.py",
+    Mutation("merge-batchnorm-dropped", "normalisation", "dip/nets/blocks.py",
              "        nn.BatchNorm2d(c_in),\n", "        nn.Identity(),\n",
              "the BatchNorm on the concatenated skip and deeper features removed as 'redundant'"),
-    Mutation("upsample-align-corners", "upsampling", "dip/skipnet.py",
+    Mutation("upsample-align-corners", "upsampling", "dip/nets/blocks.py",
              'align = None if config.upsample_mode == "nearest" else False',
              'align = None if config.upsample_mode == "nearest" else True',
              "bilinear upsampling with align_corners=True (a different interpolation grid)"),
-    Mutation("replication-padding", "padding", "dip/skipnet.py",
+    Mutation("replication-padding", "padding", "dip/nets/blocks.py",
              "class ReflectionPad(nn.ReflectionPad2d):", "class ReflectionPad(nn.ReplicationPad2d):",
              "edge replication instead of reflection at the borders of every 3x3 convolution"),
     Mutation("input-gaussian", "input scale", "dip/restore.py",
@@ -109,7 +109,7 @@ def select_mutations(names: tuple[str, ...] | None) -> tuple[Mutation, ...]:
     known = {m.name: m for m in MUTATIONS + BLIND_SPOTS}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise BenchError(f"unknown mutation {', '.join(unknown)}; choose from {', '.join(known)}")
+        raise BenchError(unknown_choice("unknown mutation", unknown[0], known))
     return tuple(known[n] for n in names)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import socket
 import subprocess
 
+import cpuinfo
 import numpy as np
 import torch
 
@@ -31,15 +33,22 @@ def git_state() -> dict:
     return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
-def cpu_model() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpu_info() -> dict:
+    """py-cpuinfo's description of this CPU (about 0.5 s to gather, so once per process); {} if it fails."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return cpuinfo.get_cpu_info()
+    except Exception:  # an exotic platform py-cpuinfo cannot read: fall back to the platform module
+        return {}
+
+
+def cpu_model() -> str:
+    return _cpu_info().get("brand_raw") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """'GenuineIntel', 'AuthenticAMD', ... (the bf16 kernels, and so the last bits of a result, differ by kind)."""
+    return _cpu_info().get("vendor_id_raw") or "unknown"
 
 
 def device_name(device: torch.device) -> str:
@@ -61,6 +70,7 @@ def provenance(device: torch.device) -> dict:
         "device": str(device),
         "device_name": device_name(device),
         "cpu_model": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # The CPU kind, which decides the bf16 kernels and so the last bits of a trained PSNR.
         "cpu_amx": bool(torch.cpu._is_amx_tile_supported()),

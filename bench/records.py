@@ -8,16 +8,13 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.rundir import RunDir
 
 SCHEMA = 1
 COMPLETE = "complete"
 FAILED = "failed"  # a cell whose training diverged under --on-divergence fail: its reason, no results
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def record_path(results_dir: Path, image: str, seed: int) -> Path:
-    return results_dir / f"{image}_seed{seed}.json"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -80,14 +77,14 @@ def read_record(path: Path, status: str = COMPLETE) -> dict | None:
 
 def load_failures(results_dir: Path) -> list[dict]:
     """Every failed cell's record in ``results_dir`` (none if it does not exist), in file-name order."""
-    return [r for p in sorted(results_dir.glob("*_seed*.json")) if (r := read_record(p, FAILED)) is not None]
+    return [r for p in RunDir(results_dir).record_paths() if (r := read_record(p, FAILED)) is not None]
 
 
 def load_records(results_dir: Path) -> list[dict]:
     """Every complete record in ``results_dir``, in file-name order."""
     if not results_dir.is_dir():
         raise BenchError(f"results directory {results_dir} does not exist")
-    records = [r for p in sorted(results_dir.glob("*_seed*.json")) if (r := read_record(p)) is not None]
+    records = [r for p in RunDir(results_dir).record_paths() if (r := read_record(p)) is not None]
     if not records:
         raise BenchError(f"no complete records in {results_dir}")
     return records

@@ -19,17 +19,14 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench import check, fingerprint
+from bench.analysis import check, fingerprint
+from bench.analysis.summary import config_diff, shared_config
+from bench.config import CHECK_PARTS as PARTS
 from bench.config import build_config
-from bench.data import REPO_ROOT
 from bench.errors import BenchError
+from bench.paths import GOLDENS_DIR, SPREAD_PATH
 from bench.records import read_json, write_json_atomic
-from bench.report import config_diff, shared_config
 from bench.runner import run
-
-GOLDENS_DIR = REPO_ROOT / "reports" / "baselines"
-SPREAD_PATH = REPO_ROOT / "reports" / "regression-spread.json"
-PARTS = {"fingerprint": "fingerprint", "outcome": "smoke"}  # part -> the profile it trains
 
 
 @dataclass

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
 
-from bench.config import build_config, cell_recipe, resolve_device
-from dip.restore import RestoreConfig, Trainer
+from bench.config import build_config
+from bench.execution import cell_recipe, resolve_device
+from dip.nets import build_network
+from dip.recipe import RestoreConfig
+from dip.restore import Trainer
 from dip.seeding import derived_seed
 
 
@@ -38,7 +42,8 @@ def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> T
     rng = np.random.default_rng(derived_seed(0, f"speed/{size}"))
     image = rng.random((size, size), dtype=np.float32)
     mask = (rng.random((size, size)) < 0.5).astype(np.float32)
-    return Trainer(image, mask, path_recipe(path, device), seed=0, device=device)
+    recipe = path_recipe(path, device)
+    return Trainer(image, mask, recipe, partial(build_network, recipe.net), seed=0, device=device)
 
 
 def train_step(trainer: Trainer) -> None:

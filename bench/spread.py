@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench import check, fingerprint
+from bench.analysis import check, fingerprint
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic, write_text_atomic

@@ -9,17 +9,14 @@ of the submission with nothing at all).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from bench.checkpoints import CHECKPOINTS_DIR
-from bench.executors import JOBS_DIR, MANIFEST, last_error_line
-from bench.locks import LOCKS_DIR, try_lock
+from bench.checkpoints import checkpoint_iteration
+from bench.executors.jobs import last_error_line
 from bench.records import COMPLETE, FAILED, read_record
+from bench.rundir import RunDir, is_locked
 
 STATES = ("done", "failed", "running", "stopped", "pending", "missing")
 
@@ -29,39 +26,6 @@ class CellStatus:
     cell: str  # record stem, e.g. "house_seed0"
     state: str  # one of STATES
     detail: str
-
-
-def read_manifest(results_dir: Path) -> dict:
-    path = results_dir / JOBS_DIR / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {"planned": [], "jobs": []}
-
-
-def known_cells(results_dir: Path, manifest: dict) -> list[str]:
-    """Every cell planned by a submission or with a record, a checkpoint or a lock."""
-    stems = {p.stem for p in results_dir.glob("*_seed*.json")}
-    stems |= {p.stem for p in (results_dir / CHECKPOINTS_DIR).glob("*_seed*.pt")}
-    stems |= {p.stem for p in (results_dir / LOCKS_DIR).glob("*_seed*.lock")}
-    return sorted(stems | set(manifest["planned"]) | {job["cell"] for job in manifest["jobs"]}, key=_cell_order)
-
-
-def _cell_order(stem: str) -> tuple[str, int]:
-    image, _, seed = stem.rpartition("_seed")
-    return image, int(seed) if seed.isdigit() else -1
-
-
-def is_locked(path: Path) -> bool:
-    if not path.exists():
-        return False
-    with try_lock(path) as held:
-        return not held
-
-
-def checkpoint_iteration(path: Path) -> int | None:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(saved["state"]["loop"]["next_iteration"])
-    except Exception:  # unreadable: the run that resumes will say so and start afresh
-        return None
 
 
 def job_ended(job: dict) -> bool:
@@ -77,16 +41,16 @@ def job_ended(job: dict) -> bool:
     return False
 
 
-def cell_status(results_dir: Path, stem: str, job: dict | None) -> CellStatus:
-    record_path = results_dir / f"{stem}.json"
+def cell_status(run_dir: RunDir, stem: str, job: dict | None) -> CellStatus:
+    record_path = run_dir.record(stem)
     if (record := read_record(record_path, COMPLETE)) is not None:
         return CellStatus(stem, "done", f"PSNR {record['psnr']:.2f} dB")
     if (failed := read_record(record_path, FAILED)) is not None:
         return CellStatus(stem, "failed", failed["reason"])
     job_note = f" (job {job['job_id']})" if job else ""
-    if is_locked(results_dir / LOCKS_DIR / f"{stem}.lock"):
+    if is_locked(run_dir.lock(stem)):
         return CellStatus(stem, "running", f"training{job_note}")
-    checkpoint = results_dir / CHECKPOINTS_DIR / f"{stem}.pt"
+    checkpoint = run_dir.checkpoint(stem)
     resumable = ""
     if checkpoint.exists():
         iteration = checkpoint_iteration(checkpoint)
@@ -108,6 +72,6 @@ def cell_status(results_dir: Path, stem: str, job: dict | None) -> CellStatus:
 
 
 def run_status(results_dir: Path) -> list[CellStatus]:
-    manifest = read_manifest(results_dir)
-    jobs = {job["cell"]: job for job in manifest["jobs"]}  # the last job submitted for each cell
-    return [cell_status(results_dir, stem, jobs.get(stem)) for stem in known_cells(results_dir, manifest)]
+    run_dir = RunDir(results_dir)
+    jobs = {job["cell"]: job for job in run_dir.read_manifest()["jobs"]}  # the last job submitted for each cell
+    return [cell_status(run_dir, stem, jobs.get(stem)) for stem in run_dir.known_stems()]

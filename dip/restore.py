@@ -1,12 +1,15 @@
-"""Deep Image Prior inpainting: fit a randomly initialised SkipNet to the observed pixels of one image.
+"""Deep Image Prior inpainting: fit a randomly initialised network to the observed pixels of one image.
 
-The recipe (REFERENCE.md section 2): a fixed input z ~ 0.1 * U[0, 1) of shape (1, 32, H, W); at
+The recipe (docs/protocol.md, "Training"): a fixed input z ~ 0.1 * U[0, 1) of shape (1, 32, H, W); at
 every iteration the network sees z + 0.03 * N(0, 1) (fresh noise around the fixed z); the loss is
 the MSE between out * m and x * m over all pixels; Adam with lr 1e-3. The authors' runs also
 backtracked: every 50 iterations, if the PSNR of out * m against x * m fell by more than 5 dB since
 the last accepted check, the parameters kept at that check are copied back. Beyond the paper: a
 non-finite loss is caught at the step it happens (restore the last good state, or fail), and the
 loop's whole state can be checkpointed and resumed.
+
+The recipe's numbers live in :mod:`dip.recipe`; the network is the caller's (e.g.
+``dip.nets.build_network``), handed over as a module or a factory, so this module knows no architecture.
 """
 
 from __future__ import annotations
@@ -22,80 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dip.recipe import DIVERGENCE_POLICIES, CurvePoint, RestoreConfig
 from dip.seeding import seed_everything
-from dip.skipnet import SkipNetConfig, build_network, check_input_size
 from dip.timing import IterationTimer, TimingSummary
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The autocast dtype of each of dip.recipe.PRECISIONS (None: no autocast).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# The network restore() trains: a module whose weights the caller drew, or a zero-argument factory
+# that Trainer calls right after seeding (the weights then depend on the seed alone).
+Network = torch.nn.Module | Callable[[], torch.nn.Module]
 
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or output."""
-
-
-@dataclass(frozen=True)
-class RestoreConfig:
-    """The training recipe; defaults are the paper's (Table 1, inpainting)."""
-
-    iterations: int = 11000
-    lr: float = 1e-3
-    input_scale: float = 0.1  # z ~ input_scale * U[0, 1)
-    input_noise_std: float = 0.03  # std of the per-iteration perturbation of z
-    # "fixed": the net sees z + std * N(0, 1), fresh noise around the fixed z (the paper's code).
-    # "cumulative": z itself walks, z <- z + std * N(0, 1) after every step (the seed reproduction).
-    input_noise: str = "fixed"
-    backtracking: bool = True
-    backtrack_every: int = 50
-    backtrack_drop_db: float = 5.0
-    eval_every: int = 50  # curve points (loss, PSNRs) every this many iterations; one host sync each
-    ema_decay: float = 0.99  # exponential moving average of the output, a second estimate; 0 = off
-    # How the recipe is executed; none of these changes what is computed beyond rounding.
-    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast; fp16 adds a GradScaler)
-    channels_last: bool = False
-    fused_adam: bool = False  # one fused kernel for Adam's update (CPU and CUDA)
-    tf32: bool = False  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
-    cudnn_benchmark: bool = False  # CUDA only: autotune convolution algorithms for the fixed shapes
-    cuda_graphs: bool = False  # CUDA only: replay forward + backward as CUDA graphs
-    compile: bool = False  # torch.compile the network
-    timer_warmup: int = 5
-    timer_window: int = 50
-    net: SkipNetConfig = field(default_factory=SkipNetConfig)
-
-    def __post_init__(self) -> None:
-        not_finite = [f.name for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
-        if not_finite:
-            raise ValueError(f"{', '.join(not_finite)} must be finite")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be positive, got {self.iterations}")
-        if not 0 < self.lr <= 1e30:  # beyond, Adam's update overflows float32 inside the optimiser
-            raise ValueError(f"lr must be in (0, 1e30], got {self.lr}")
-        if self.input_noise not in ("fixed", "cumulative"):
-            raise ValueError(f"unknown input_noise {self.input_noise!r}; choose from fixed, cumulative")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {sorted(PRECISIONS)}")
-        for name in ("backtrack_every", "eval_every", "timer_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.input_noise_std < 0 or self.input_scale < 0 or self.timer_warmup < 0:
-            raise ValueError("input_scale, input_noise_std and timer_warmup must be >= 0")
-        if self.cuda_graphs and self.compile:
-            raise ValueError("cuda_graphs and compile are alternatives; choose one")
-        if self.cuda_graphs and self.precision == "fp16":
-            raise ValueError("cuda_graphs does not support fp16's GradScaler; use bf16 or fp32")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    iteration: int  # 0-based index of the iteration whose forward pass produced these numbers
-    loss: float
-    psnr_masked: float  # PSNR of out * m against x * m: what backtracking watches
-    psnr: float | None  # PSNR of the raw output against the reference image, if one was given
-    psnr_ema: float | None = None  # the same for the moving average of the outputs
 
 
 @dataclass
@@ -113,7 +56,7 @@ class RestoreResult:
 
 
 def autocast_context(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    dtype = PRECISIONS[precision]
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
@@ -150,9 +93,15 @@ class Trainer:
     ``forward_backward()`` computes the loss of one perturbed input and its gradients;
     ``optimizer_step()`` applies them. The restoration loop (and the speed benchmark) call the two in
     turn; backtracking runs between them, as in the authors' closure.
+
+    ``network`` maps (1, config.net.in_channels, H, W) to (1, config.net.out_channels, H, W) in (0, 1);
+    whether it takes an H x W input is the caller's to check (e.g. ``dip.nets.check_input_size``). A
+    factory is called right after seeding, so the weights and then z follow from ``seed`` alone; a
+    module keeps the weights the caller drew, and z is drawn right after seeding.
     """
 
-    def __init__(self, observed: np.ndarray, mask: np.ndarray, config: RestoreConfig, *, seed: int, device: torch.device) -> None:
+    def __init__(self, observed: np.ndarray, mask: np.ndarray, config: RestoreConfig, network: Network, *, seed: int,
+                 device: torch.device) -> None:
         self.config = config
         self.device = device
         height, width = mask.shape
@@ -161,7 +110,6 @@ class Trainer:
             raise ValueError(f"observed {np.shape(observed)} and mask {mask.shape} differ in size")
         if channels != config.net.out_channels:
             raise ValueError(f"image has {channels} channels, the network outputs {config.net.out_channels}")
-        check_input_size(height, width, config.net)
         check_device(config, device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
@@ -170,7 +118,7 @@ class Trainer:
 
         # Draw everything random on the CPU generator first: same weights and z on any device.
         seed_everything(seed)
-        net = build_network(config.net)
+        net = network if isinstance(network, torch.nn.Module) else network()  # a factory draws its weights here
         z = torch.rand(1, config.net.in_channels, height, width) * config.input_scale  # (1, 32, H, W)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=memory_format).train()
@@ -294,7 +242,6 @@ class TrainingStopped(Exception):
         self.iteration = iteration
 
 
-DIVERGENCE_POLICIES = ("backtrack", "fail")
 # A kept state restored this many times before training gets past the next check is given up on: it
 # diverges again whatever the step (e.g. a learning rate so large that every step from it overflows).
 MAX_RESTORES_PER_CHECK = 10
@@ -334,6 +281,7 @@ def restore(
     observed: np.ndarray,
     mask: np.ndarray,
     config: RestoreConfig,
+    network: Network,
     *,
     seed: int,
     device: torch.device | str = "cpu",
@@ -344,7 +292,9 @@ def restore(
 ) -> RestoreResult:
     """Inpaint ``observed`` (H, W[, C], floats in [0, 1]) where ``mask`` (H, W) is 0.
 
-    Pixels where the mask is 0 are zeroed before training, so the method never sees them.
+    Pixels where the mask is 0 are zeroed before training, so the method never sees them. ``network``
+    is the network to fit, or a zero-argument factory of it (see :class:`Trainer`); with a factory the
+    result depends on ``seed`` alone. A resumed run loads the saved weights into it.
     ``reference`` (the ground truth) only feeds the PSNR curve. ``callback(i, point)`` is called after
     every iteration i, with a :class:`CurvePoint` at evaluation iterations and None otherwise.
 
@@ -360,7 +310,7 @@ def restore(
         raise ValueError(f"unknown on_divergence {on_divergence!r}; choose from {', '.join(DIVERGENCE_POLICIES)}")
     device = torch.device(device)
     ckpt = checkpointing or Checkpointing()
-    trainer = Trainer(observed, mask, config, seed=seed, device=device)
+    trainer = Trainer(observed, mask, config, network, seed=seed, device=device)
     ref = None if reference is None else to_tensor(reference, device)
     if ckpt.resume is not None:
         trainer.load_state_dict(ckpt.resume["trainer"])

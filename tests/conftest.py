@@ -1,4 +1,5 @@
-"""Shared fixtures. The images come from a data directory: $DIP_DATA_DIR, else ../shared (CI's layout)."""
+"""Shared fixtures. The images come from a data directory: $DIP_DATA_DIR (CI sets it), else the
+download cache datasets/cache (filled by a first `make bench`)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "datasets" / "dip-restoration-50p"
+DOWNLOAD_CACHE = REPO_ROOT / "datasets" / "cache"
 
 
 def _find_data_dir() -> Path | None:
-    for candidate in (os.environ.get("DIP_DATA_DIR"), SHARED_DATA):
+    for candidate in (os.environ.get("DIP_DATA_DIR"), DOWNLOAD_CACHE):
         if candidate and (Path(candidate) / "house_GT.png").exists():
             return Path(candidate)
     return None
@@ -34,8 +35,8 @@ def data_dir() -> Path:
     found = _find_data_dir()
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail("CI needs the images: set DIP_DATA_DIR or provide ../shared/datasets/dip-restoration-50p")
-        pytest.skip("no image data directory (set DIP_DATA_DIR)")
+            pytest.fail("CI needs the images: set DIP_DATA_DIR to a directory holding them")
+        pytest.skip("no image data directory (set DIP_DATA_DIR, or run `make bench` once to download the images)")
     return found
 
 

@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from bench.ablate import BASELINE, VARIANTS, effect, paired_deltas, reading, render_ablations, run_ablations, select_variants
+from bench.ablate import VARIANTS, run_ablations, select_variants
+from bench.analysis.ablations import BASELINE, effect, paired_deltas, reading, render_ablations
 from bench.errors import BenchError
 from bench.records import read_record
 from tests.test_report import fixture_record
@@ -69,7 +70,7 @@ def test_report_table_names_what_each_variant_changes():
 def test_variant_selection():
     assert [v.name for v in select_variants(("lr-1e-2",))] == [BASELINE, "lr-1e-2"]
     assert len(select_variants(None)) == len(VARIANTS)
-    with pytest.raises(BenchError, match="unknown ablation fast-lr"):
+    with pytest.raises(BenchError, match="unknown ablation 'fast-lr'"):
         select_variants(("fast-lr",))
 
 

@@ -1,5 +1,6 @@
 """The command line's answers to bad input: one line, non-zero exit, no traceback, no record."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -7,7 +8,11 @@ import sys
 
 import pytest
 
-from bench.cli import human_duration, main
+from bench.cli import build_parser, main
+from bench.commands.common import config_overrides
+from bench.estimate import human_duration
+from bench.config import build_config
+from bench.flags import CHOICES
 from tests.conftest import REPO_ROOT
 
 
@@ -20,11 +25,11 @@ def results(tmp_path):
     "argv, message",
     [
         (["--images", "parrot"], "unknown image 'parrot'"),
+        (["--images", "hous"], "unknown image 'hous'; did you mean 'house'? (choose from barbara, boat, house,"),
         (["--iterations", "0"], "iterations must be positive"),
         (["--crop", "80"], "must be multiples of 32"),
         (["--crop", "1024"], "larger than the image"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
-        (["--mask", "nope"], "unknown mask"),
         (["--keep", "1e-9"], "house seed 0: the mask keeps no pixel of the 64x64 image; there is nothing to restore"),
         (["--image", "/nonexistent/photo.png"], "image file /nonexistent/photo.png does not exist"),
         (["--image", "x.png", "--mask", "paper"], "--mask paper needs the published masks"),
@@ -83,7 +88,7 @@ def test_process_exit_code_and_no_traceback(results):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: unknown image 'nope'; known: barbara, boat, house, lena, peppers, cman, couple, fingerprint, hill, man, montage"
+    assert proc.stderr.strip() == "error: unknown image 'nope'; choose from barbara, boat, house, lena, peppers, cman, couple, fingerprint, hill, man, montage"
     assert "Traceback" not in proc.stderr
 
 
@@ -95,6 +100,44 @@ def test_unknown_subcommand_and_flag_exit_2(capsys):
         main(["run", "--profile", "smoke", "--iterations", "ten"])
     assert exit_info.value.code == 2
     assert "invalid int value: 'ten'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "smoke", "--bogus", "5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus 5" in err and err.count("\n") == 1
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_option_of_every_subcommand_has_help():
+    missing = [f"{name} {a.option_strings or a.dest}" for name, sub in subcommands().items()
+               for a in sub._actions if not (a.help and a.help.strip()) or a.help == argparse.SUPPRESS]
+    assert not missing, f"options without help: {missing}"
+    for name, sub in subcommands().items():
+        sub.format_help()  # a stray % in a help string fails only here
+
+
+@pytest.mark.parametrize("command", ["run", "ablate", "estimate"])
+def test_fixed_set_fields_show_their_values(command):
+    text = " ".join(subcommands()[command].format_help().split())
+    for values in CHOICES.values():
+        assert "{" + ",".join(values) + "}" in text
+    assert "--device {auto,cpu,cuda,cuda:N}" in text and "--profile {paper,quick,smoke,fingerprint}" in text
+
+
+def test_image_aliases_on_the_command_line():
+    args = build_parser().parse_args(["run", "--profile", "smoke", "--images", "cameraman,lenna"])
+    assert build_config(args.profile, config_overrides(args)).images == ("cman", "lena")
+
+
+def test_a_mistyped_profile_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "smok"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "invalid choice: 'smok'; did you mean 'smoke'? (choose from paper, quick, smoke, fingerprint)" in err
 
 
 def test_human_duration():
@@ -103,13 +146,13 @@ def test_human_duration():
     assert human_duration(3 * 3600) == "3.0 h"
 
 
-def test_cpu_machine_runs_quick_and_says_what_paper_would_cost(monkeypatch, capsys):
-    import bench.cli
+def test_cpu_machine_runs_brief_and_says_what_paper_would_cost(monkeypatch, capsys):
+    import bench.commands.run
 
-    monkeypatch.setattr(bench.cli.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(bench.cli, "measure_ms_per_iter", lambda config: {(256, 256): 250.0, (512, 512): 1000.0})
-    args = bench.cli.build_parser().parse_args(["run"])
-    assert bench.cli.choose_profile(args) == "quick"
+    monkeypatch.setattr(bench.commands.run.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench.commands.run, "measure_ms_per_iter", lambda config: {(256, 256): 250.0, (512, 512): 1000.0})
+    args = build_parser().parse_args(["run"])
+    assert bench.commands.run.choose_profile(args) == "brief"
     line = capsys.readouterr().out.strip()
     # 4 images at 256 and 7 at 512: (4 * 0.25 + 7 * 1.0) s x 11000 iterations = 88000 s
     assert line.count("\n") == 0 and "'python -m bench run --profile paper'" in line and "about 24.4 h" in line

@@ -3,19 +3,15 @@ import argparse
 import pytest
 import torch
 
-from bench.cli import OneLineParser
+from dip.execution import execution_path
 from bench.config import (
     ALL_IMAGES,
     PROFILES,
-    add_config_flags,
     build_config,
-    cell_recipe,
-    cpu_has_fast_bf16,
-    execution_path,
-    parse_int_list,
-    resolve_precision,
 )
 from bench.errors import BenchError
+from bench.execution import cell_recipe, cpu_has_fast_bf16, resolve_precision
+from bench.flags import CHOICES, HELP, OneLineParser, add_config_flags, field_dests, parse_int_list
 
 
 def parse(*argv: str) -> dict:
@@ -79,11 +75,8 @@ def test_unknown_flag_is_a_one_line_usage_error(capsys):
         (["--iterations", "0"], "iterations must be positive"),
         (["--iterations", "-5"], "iterations must be positive"),
         (["--crop", "-1"], "crop must be >= 0"),
-        (["--mask", "random"], "unknown mask"),
-        (["--precision", "fp64"], "unknown precision"),
         (["--keep", "1.5"], "keep must be in"),
         (["--keep", "1"], "nothing to restore"),
-        (["--upsample-mode", "area"], "upsample_mode"),
         (["--lr", "0"], r"lr must be in \(0, 1e30\]"),
     ],
 )
@@ -92,9 +85,66 @@ def test_bad_values_are_rejected(argv, message):
         build_config("smoke", parse(*argv))
 
 
+@pytest.mark.parametrize("dest", sorted(CHOICES))
+def test_choices_agree_with_the_dataclasses_validation(dest):
+    """argparse refuses what is not in CHOICES; the dataclasses (configs built in code) accept exactly those."""
+    for value in CHOICES[dest]:
+        build_config("smoke", {dest: value})
+    with pytest.raises(BenchError, match="unknown"):
+        build_config("smoke", {dest: "bogus"})
+
+
+@pytest.mark.parametrize("argv", [["--mask", "random"], ["--precision", "fp64"], ["--upsample-mode", "area"],
+                                  ["--path", "turbo"], ["--on-divergence", "ignore"], ["--layout", "unet"]])
+def test_values_outside_a_fixed_set_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"invalid choice: {argv[1]!r}" in err and err.count("\n") == 1
+
+
+def test_a_near_miss_choice_is_suggested(capsys):
+    with pytest.raises(SystemExit):
+        parse("--upsample-mode", "bilinaer")
+    assert "invalid choice: 'bilinaer'; did you mean 'bilinear'? (choose from bilinear, bicubic, nearest)" in capsys.readouterr().err
+
+
+def test_every_field_has_exactly_one_help_entry():
+    assert set(field_dests()) == set(HELP), "bench.flags.HELP and the dataclasses' fields disagree"
+
+
+def test_a_field_without_help_fails_loudly(monkeypatch):
+    monkeypatch.delitem(HELP, "recipe.lr")
+    with pytest.raises(KeyError, match="no help for 'recipe.lr'"):
+        add_config_flags(argparse.ArgumentParser())
+
+
+def test_help_shows_allowed_values_and_the_paper_default():
+    parser = OneLineParser(prog="t")
+    add_config_flags(parser)
+    text = " ".join(parser.format_help().split())  # argparse wraps lines
+    for dest, values in CHOICES.items():
+        assert "{" + ",".join(values) + "}" in text, dest
+    assert "--device {auto,cpu,cuda,cuda:N}" in text
+    assert "training iterations per cell (paper: 11000)" in text and "Adam's learning rate (paper: 0.001)" in text
+    assert "(paper: all)" in text  # --images
+
+
+def test_image_aliases_resolve_to_keys():
+    config = build_config("smoke", parse("--images", "cameraman,C.man,Lena512,PEPPERS256"))
+    assert config.images == ("cman", "lena", "peppers")  # keys, each once
+
+
+def test_unknown_image_suggests_the_nearest():
+    with pytest.raises(BenchError, match=r"unknown image 'hous'; did you mean 'house'\? \(choose from barbara, boat, "):
+        build_config("smoke", parse("--images", "hous"))
+
+
 def test_unknown_profile():
-    with pytest.raises(BenchError, match="unknown profile 'fast'"):
+    with pytest.raises(BenchError, match="unknown profile 'fast'; choose from paper, quick"):
         build_config("fast", {})
+    with pytest.raises(BenchError, match="unknown profile 'smok'; did you mean 'smoke'"):
+        build_config("smok", {})
 
 
 def test_reference_path_is_the_recipe_as_written():
@@ -124,7 +174,7 @@ def test_explicit_flags_override_the_paths_choice():
 
 def test_unknown_path():
     with pytest.raises(BenchError, match="unknown path 'turbo'"):
-        build_config("smoke", parse("--path", "turbo"))
+        build_config("smoke", {"run.path": "turbo"})
 
 
 def test_execution_path_is_read_off_the_resolved_recipe():

@@ -14,6 +14,7 @@ from bench.data import (
     load_images,
     read_any_image,
     read_gray,
+    image_spellings,
     resolve_image,
     sha256_of,
 )
@@ -37,14 +38,29 @@ def test_manifest_hashes_match_the_files(data_dir):
         assert sha256_of(data_dir / entry.file) == entry.sha256, entry.file
 
 
-@pytest.mark.parametrize("name", ["cman", "Cameraman256", "C.man", "  LENA "])
-def test_resolve_image_by_key_stem_or_display_name(name):
-    assert resolve_image(name).key in ("cman", "lena")
+@pytest.mark.parametrize(
+    "name, key",
+    [("cman", "cman"), ("Cameraman256", "cman"), ("C.man", "cman"), ("c.man", "cman"), ("cameraman", "cman"),
+     ("  LENA ", "lena"), ("lenna", "lena"), ("lena512", "lena"), ("peppers256", "peppers"), ("house256", "house")],
+)
+def test_resolve_image_by_key_stem_display_name_or_alias(name, key):
+    assert resolve_image(name).key == key
 
 
 def test_unknown_image_lists_the_known_ones():
-    with pytest.raises(BenchError, match=r"unknown image 'parrot'; known: barbara, boat"):
+    with pytest.raises(BenchError, match=r"^unknown image 'parrot'; choose from barbara, boat, .*, montage$"):
         resolve_image("parrot")
+
+
+@pytest.mark.parametrize("typo, key", [("hous", "house"), ("camerman", "cman"), ("Barbra", "barbara"), ("pepers", "peppers")])
+def test_unknown_image_suggests_the_nearest(typo, key):
+    with pytest.raises(BenchError, match=rf"^unknown image '{typo}'; did you mean '{key}'\? \(choose from barbara, boat, "):
+        resolve_image(typo)
+
+
+def test_every_spelling_names_one_image():
+    spellings = image_spellings(load_images())
+    assert spellings["cameraman"] == "cman" and spellings["lenna"] == "lena"
 
 
 def test_data_dir_precedence(monkeypatch, tmp_path):

@@ -17,8 +17,9 @@ import torch
 
 from bench.checkpoints import save_checkpoint
 from bench.cli import main
-from bench.executors import ExecutorOptions, last_error_line, record_submission
-from bench.locks import lock_path, try_lock
+from bench.executors.jobs import last_error_line, record_submission
+from bench.executors.options import ExecutorOptions
+from bench.rundir import RunDir, try_lock
 from bench.errors import BenchError
 from dip.restore import Trainer
 from tests.conftest import REPO_ROOT
@@ -172,7 +173,7 @@ def test_status_and_report_with_failed_running_stopped_pending_and_missing_cells
     (jobs / "submitted.json").write_text(json.dumps(manifest))
     save_checkpoint(results / "checkpoints" / "cman_seed0.pt", {}, {"loop": {"next_iteration": 1200}})
     capsys.readouterr()
-    with try_lock(lock_path(results / "boat_seed0.json")) as held:  # another process trains boat
+    with try_lock(RunDir(results).lock("boat_seed0")) as held:  # another process trains boat
         assert held
         assert main(["status", str(results)]) == 0
     lines = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()[:-1]}

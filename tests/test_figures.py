@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.figures import plot_curves, plot_vs_reference
+from bench.analysis.figures import plot_curves, plot_vs_reference
 from bench.panels import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, write_panel
-from bench.report import summarise
+from bench.analysis.summary import summarise
 from tests.test_report import fixture_record
 
 

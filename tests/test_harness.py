@@ -5,14 +5,16 @@ import json
 
 import pytest
 
-import bench.runner
-from bench.config import PROFILES, build_config, execution_path
+import bench.train
+from bench.config import PROFILES, build_config
+from dip.execution import execution_path
 from bench.records import load_records, read_json, read_record
 from bench.regression import GOLDENS_DIR
-from bench.report import render
+from bench.analysis.report import render
 from dip.seeding import derived_seed
-from bench.runner import estimate_seconds, measure_ms_per_iter, run
-from dip.skipnet import SkipNetConfig
+from bench.estimate import estimate_seconds, measure_ms_per_iter
+from bench.runner import run
+from dip.nets.config import SkipNetConfig
 from dip.restore import DivergenceError
 
 SMALL_NET = SkipNetConfig(channels_down=8, channels_up=8)
@@ -59,14 +61,14 @@ def test_half_written_record_is_not_taken_as_done(tmp_path, data_dir):
 
 
 def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_dir, monkeypatch):
-    real = bench.runner.restore
+    real = bench.train.restore
 
     def diverge_on_house(image, *args, **kwargs):
         if kwargs["seed"] == derived_seed(0, "net/house"):
             raise DivergenceError("training diverged: non-finite loss at iteration 7")
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(bench.runner, "restore", diverge_on_house)
+    monkeypatch.setattr(bench.train, "restore", diverge_on_house)
     config = build_config("smoke", {**TINY, "run.images": ("house", "cman"), "run.on_divergence": "fail"})
     outcome = run(config, data_dir, tmp_path, progress=False)
     assert [r["image"] for r in outcome.records] == ["cman"]
@@ -78,7 +80,7 @@ def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_d
     text = render(outcome.records, failures=outcome.failures)
     assert "## † Diverged cells" in text and "- House seed 0: **failed**, no result: training diverged" in text
     # the next run of the same command tries the failed cell again (and only it)
-    monkeypatch.setattr(bench.runner, "restore", real)
+    monkeypatch.setattr(bench.train, "restore", real)
     again = run(config, data_dir, tmp_path, progress=False)
     assert [r["image"] for r in again.records] == ["house", "cman"] and again.failures == []
 

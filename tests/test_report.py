@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.check import compare, make_baseline
+from bench.analysis.check import compare, make_baseline
 from bench.errors import BenchError
 from bench.records import SCHEMA, read_record, write_json_atomic
-from bench.report import render, seed_means, shared_config, write_report
+from bench.analysis.report import render, write_report
+from bench.analysis.summary import seed_means, shared_config
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_quick_golden.md"
 
@@ -143,7 +144,7 @@ def test_check_reports_missing_images_and_config_changes():
 
 
 def test_side_by_side_comparison_of_two_paths():
-    from bench.parity import side_by_side
+    from bench.analysis.compare import side_by_side
 
     fast = copy.deepcopy(RECORDS)
     reference = copy.deepcopy(RECORDS)
@@ -162,7 +163,7 @@ def test_side_by_side_comparison_of_two_paths():
 
 
 def test_bad_baseline_files_are_one_line_errors(tmp_path):
-    from bench.check import load_baseline
+    from bench.analysis.check import load_baseline
 
     with pytest.raises(BenchError, match="cannot read baseline"):
         load_baseline(tmp_path / "missing.json")

@@ -1,4 +1,6 @@
 import dataclasses
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytest
@@ -7,10 +9,16 @@ import torch
 from bench.data import centre_crop, load_image, load_images
 from dip.masks import bernoulli_mask
 from dip.metrics import psnr
-from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, RestoreConfig, Trainer, restore
-from dip.skipnet import SkipNetConfig
+from dip.nets import SkipNetConfig, build_network
+from dip.recipe import RestoreConfig
+from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, Trainer, restore
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
+
+
+def net_of(config: RestoreConfig) -> Callable[[], torch.nn.Module]:
+    """The recipe's network as the harness passes it: a factory, built right after seeding."""
+    return partial(build_network, config.net)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +30,7 @@ def house64(data_dir):
 def test_short_training_run_beats_the_masked_input(house64):
     image, mask = house64
     config = RestoreConfig(iterations=60, eval_every=20)
-    result = restore(image, mask, config, seed=0, reference=image)
+    result = restore(image, mask, config, net_of(config), seed=0, reference=image)
     assert result.output.shape == (64, 64)
     assert psnr(image, result.output) > psnr(image, image * mask) + 10
     # the curve is recorded at 0, 20, 40 and the last iteration, and PSNR rises along it
@@ -33,9 +41,9 @@ def test_short_training_run_beats_the_masked_input(house64):
 def test_same_seed_same_output_different_seed_different_output(house64):
     image, mask = house64
     config = RestoreConfig(iterations=5, net=TINY_NET)
-    a = restore(image, mask, config, seed=1).output
-    b = restore(image, mask, config, seed=1).output
-    c = restore(image, mask, config, seed=2).output
+    a = restore(image, mask, config, net_of(config), seed=1).output
+    b = restore(image, mask, config, net_of(config), seed=1).output
+    c = restore(image, mask, config, net_of(config), seed=2).output
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
@@ -45,24 +53,25 @@ def test_dropped_pixels_are_never_seen(house64):
     image, mask = house64
     config = RestoreConfig(iterations=3, net=TINY_NET)
     scrambled = np.where(mask == 1, image, np.random.default_rng(0).random(image.shape, dtype=np.float32))
-    np.testing.assert_array_equal(restore(image, mask, config, seed=0).output, restore(scrambled, mask, config, seed=0).output)
+    np.testing.assert_array_equal(restore(image, mask, config, net_of(config), seed=0).output, restore(scrambled, mask, config, net_of(config), seed=0).output)
 
 
 def test_backtracking_restores_kept_parameters_at_each_check(house64):
     """With the threshold set so every check counts as a drop, every check restores the kept copy."""
     image, mask = house64
     config = RestoreConfig(iterations=30, backtrack_every=10, backtrack_drop_db=-1e9, net=TINY_NET)
-    result = restore(image, mask, config, seed=0)
+    result = restore(image, mask, config, net_of(config), seed=0)
     assert result.backtrack_iterations == [0, 10, 20]
     assert result.backtracks == 3
-    no_backtracking = restore(image, mask, dataclasses.replace(config, backtracking=False), seed=0)
+    no_backtracking = restore(image, mask, dataclasses.replace(config, backtracking=False), net_of(config), seed=0)
     assert no_backtracking.backtracks == 0
     assert not np.array_equal(result.output, no_backtracking.output)
 
 
 def test_backtracking_keeps_parameters_while_psnr_does_not_drop(house64):
     image, mask = house64
-    result = restore(image, mask, RestoreConfig(iterations=30, backtrack_every=10, net=TINY_NET), seed=0)
+    config = RestoreConfig(iterations=30, backtrack_every=10, net=TINY_NET)
+    result = restore(image, mask, config, net_of(config), seed=0)
     assert result.backtracks == 0
 
 
@@ -72,12 +81,12 @@ def test_non_finite_loss_fails_at_once_or_gives_up_after_repeated_restores(house
     poisoned[mask == 1] = np.nan  # a NaN in an observed pixel reaches the loss at once
     config = RestoreConfig(iterations=30, net=TINY_NET)
     with pytest.raises(DivergenceError, match="non-finite loss at iteration 0$"):
-        restore(poisoned, mask, config, seed=0, on_divergence="fail")
+        restore(poisoned, mask, config, net_of(config), seed=0, on_divergence="fail")
     # restoring cannot help when every step is non-finite: given up after MAX_RESTORES_PER_CHECK
     with pytest.raises(DivergenceError, match=f"at iteration {MAX_RESTORES_PER_CHECK}, the {MAX_RESTORES_PER_CHECK + 1}th since"):
-        restore(poisoned, mask, config, seed=0, on_divergence="backtrack")
+        restore(poisoned, mask, config, net_of(config), seed=0, on_divergence="backtrack")
     with pytest.raises(ValueError, match="unknown on_divergence"):
-        restore(image, mask, config, seed=0, on_divergence="ignore")
+        restore(image, mask, config, net_of(config), seed=0, on_divergence="ignore")
 
 
 def _poison_step(monkeypatch, at_step: int) -> None:
@@ -100,16 +109,16 @@ def test_a_nan_weight_is_caught_at_the_next_step_and_undone(house64, monkeypatch
     (parameters and Adam's moments), step 13 is skipped, and training goes on to a finite result."""
     image, mask = house64
     config = RestoreConfig(iterations=40, backtrack_every=10, eval_every=10, net=TINY_NET)
-    clean = restore(image, mask, config, seed=0, reference=image)
+    clean = restore(image, mask, config, net_of(config), seed=0, reference=image)
     _poison_step(monkeypatch, 12)
-    result = restore(image, mask, config, seed=0, reference=image)
+    result = restore(image, mask, config, net_of(config), seed=0, reference=image)
     assert result.divergences == [13] and result.backtracks == 0
     assert np.isfinite(result.output).all() and np.isfinite(result.final_loss)
     assert [p.iteration for p in result.curve] == [0, 10, 20, 30, 39]
     assert abs(psnr(image, result.output) - psnr(image, clean.output)) < 1.0  # 3 steps lost of 40
     _poison_step(monkeypatch, 12)
     with pytest.raises(DivergenceError, match="non-finite loss at iteration 13$"):
-        restore(image, mask, config, seed=0, on_divergence="fail")
+        restore(image, mask, config, net_of(config), seed=0, on_divergence="fail")
 
 
 def test_a_huge_learning_rate_diverges_for_real(house64):
@@ -119,15 +128,15 @@ def test_a_huge_learning_rate_diverges_for_real(house64):
     image, mask = house64
     config = RestoreConfig(iterations=40, lr=1e10, net=TINY_NET)
     with pytest.raises(DivergenceError, match="non-finite loss at iteration 1$"):
-        restore(image, mask, config, seed=0, on_divergence="fail")
+        restore(image, mask, config, net_of(config), seed=0, on_divergence="fail")
     with pytest.raises(DivergenceError, match="restoring it does not help"):
-        restore(image, mask, config, seed=0, on_divergence="backtrack")
+        restore(image, mask, config, net_of(config), seed=0, on_divergence="backtrack")
 
 
 def test_bf16_autocast_with_channels_last_trains(house64):
     image, mask = house64
     config = RestoreConfig(iterations=40, precision="bf16", channels_last=True)
-    result = restore(image, mask, config, seed=0)
+    result = restore(image, mask, config, net_of(config), seed=0)
     assert result.precision == "bf16"
     assert psnr(image, result.output) > psnr(image, image * mask) + 5
 
@@ -135,7 +144,8 @@ def test_bf16_autocast_with_channels_last_trains(house64):
 def test_fp16_autocast_runs_with_a_grad_scaler(house64):
     """fp16 is the GPU fallback where bf16 is missing; on a CPU it is slow, so only a few steps here."""
     image, mask = house64
-    result = restore(image, mask, RestoreConfig(iterations=3, precision="fp16", net=TINY_NET), seed=0)
+    config = RestoreConfig(iterations=3, precision="fp16", net=TINY_NET)
+    result = restore(image, mask, config, net_of(config), seed=0)
     assert result.precision == "fp16" and np.isfinite(result.output).all()
 
 
@@ -144,17 +154,17 @@ def test_rgb_image_trains_with_three_output_channels():
     image = rng.random((64, 64, 3), dtype=np.float32)
     mask = bernoulli_mask((64, 64), seed=0, name="rgb")
     config = RestoreConfig(iterations=2, net=dataclasses.replace(TINY_NET, out_channels=3))
-    assert restore(image, mask, config, seed=0).output.shape == (64, 64, 3)
+    assert restore(image, mask, config, net_of(config), seed=0).output.shape == (64, 64, 3)
 
 
 def test_input_validation():
+    # Sizes the network cannot take are the caller's to refuse (dip.nets.check_input_size): it built the network.
     image = np.zeros((64, 64), np.float32)
+    config = RestoreConfig(iterations=1)
     with pytest.raises(ValueError, match="channels"):
-        restore(np.zeros((64, 64, 3), np.float32), np.ones((64, 64), np.float32), RestoreConfig(iterations=1), seed=0)
-    with pytest.raises(ValueError, match="multiples of 32"):
-        restore(np.zeros((96, 80), np.float32), np.ones((96, 80), np.float32), RestoreConfig(iterations=1), seed=0)
+        restore(np.zeros((64, 64, 3), np.float32), np.ones((64, 64), np.float32), config, net_of(config), seed=0)
     with pytest.raises(ValueError, match="differ in size"):
-        restore(image, np.ones((32, 64), np.float32), RestoreConfig(iterations=1), seed=0)
+        restore(image, np.ones((32, 64), np.float32), config, net_of(config), seed=0)
     with pytest.raises(ValueError, match="iterations must be positive"):
         RestoreConfig(iterations=0)
     with pytest.raises(ValueError, match="precision"):
@@ -168,10 +178,25 @@ def test_weights_and_input_do_not_depend_on_the_device_generator_state(house64):
     """Everything random is drawn after seeding, so prior use of the global RNG changes nothing."""
     image, mask = house64
     config = RestoreConfig(iterations=2, net=TINY_NET)
-    a = restore(image, mask, config, seed=5).output
+    a = restore(image, mask, config, net_of(config), seed=5).output
     torch.rand(1000)
     np.random.rand(10)
-    np.testing.assert_array_equal(a, restore(image, mask, config, seed=5).output)
+    np.testing.assert_array_equal(a, restore(image, mask, config, net_of(config), seed=5).output)
+
+
+def test_a_factory_is_built_right_after_seeding_and_a_module_is_trained_as_given(house64):
+    image, mask = house64
+    config = RestoreConfig(iterations=1, net=TINY_NET)
+    seeds = []
+
+    def factory() -> torch.nn.Module:
+        seeds.append(torch.initial_seed())  # the seed torch's global generator was last given
+        return build_network(TINY_NET)
+
+    Trainer(image, mask, config, factory, seed=7, device=torch.device("cpu"))
+    assert seeds == [7]
+    net = build_network(TINY_NET)
+    assert Trainer(image, mask, config, net, seed=7, device=torch.device("cpu")).net is net
 
 
 def test_ema_is_the_moving_average_of_the_outputs(house64):
@@ -179,25 +204,25 @@ def test_ema_is_the_moving_average_of_the_outputs(house64):
     image, mask = house64
     config = RestoreConfig(iterations=2, ema_decay=0.5, eval_every=1, net=TINY_NET)
     seen = []
-    result = restore(image, mask, config, seed=0, reference=image)
+    result = restore(image, mask, config, net_of(config), seed=0, reference=image)
     assert result.output_ema is not None and result.curve[-1].psnr_ema is not None
     # replay the two training outputs with the same seed: the EMA must equal their mean
     from dip.restore import Trainer, to_numpy
 
-    trainer = Trainer(image, mask, config, seed=0, device=torch.device("cpu"))
+    trainer = Trainer(image, mask, config, net_of(config), seed=0, device=torch.device("cpu"))
     for _ in range(2):
         out, _ = trainer.forward_backward()
         seen.append(to_numpy(out))
         trainer.optimizer_step()
     np.testing.assert_allclose(result.output_ema, (seen[0] + seen[1]) / 2, rtol=1e-6, atol=1e-7)
-    assert restore(image, mask, dataclasses.replace(config, ema_decay=0.0), seed=0).output_ema is None
+    assert restore(image, mask, dataclasses.replace(config, ema_decay=0.0), net_of(config), seed=0).output_ema is None
 
 
 def test_cumulative_input_noise_walks_z_and_fixed_noise_does_not(house64):
     image, mask = house64
     for kind in ("fixed", "cumulative"):
         config = RestoreConfig(iterations=1, input_noise=kind, input_noise_std=0.5, net=TINY_NET)
-        trainer = Trainer(image, mask, config, seed=0, device=torch.device("cpu"))
+        trainer = Trainer(image, mask, config, net_of(config), seed=0, device=torch.device("cpu"))
         deviations = []
         for _ in range(5):
             trainer.forward_backward()

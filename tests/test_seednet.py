@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from bench.config import RECIPES, build_config
-from dip.restore import RestoreConfig
-from dip.seednet import SeedNet
-from dip.skipnet import SkipNet, SkipNetConfig, build_network, count_parameters
+from dip.nets import SkipNetConfig, build_network, count_parameters
+from dip.nets.seednet import SeedNet
+from dip.nets.skipnet import SkipNet
+from dip.recipe import RestoreConfig
 
 SEED = SkipNetConfig(layout="seed")
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from dip.skipnet import ReflectionPad, SkipNet, SkipNetConfig, check_input_size, count_parameters
+from dip.nets import SkipNetConfig, check_input_size, count_parameters
+from dip.nets.blocks import ReflectionPad
+from dip.nets.skipnet import SkipNet
 from dip.timing import count_flops
 
 
@@ -32,7 +34,7 @@ def test_upsampling_modes_and_rgb_output(mode):
 
 
 def test_flop_count_matches_reference_figures():
-    """~115 GFLOP per 256x256 iteration and ~460 at 512 (REFERENCE.md), counted on the meta device."""
+    """~115 GFLOP per 256x256 iteration and ~460 at 512 (docs/protocol.md), counted on the meta device."""
     flops_256 = count_flops(SkipNet, (1, 32, 256, 256))
     assert flops_256 == 114_917_113_856
     assert count_flops(SkipNet, (1, 32, 512, 512)) == 4 * flops_256  # convolutions scale with pixels

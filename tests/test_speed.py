@@ -7,7 +7,7 @@ import bench.speed
 from bench.cli import main
 from bench.errors import BenchError
 from bench.speed import RatioMeasurement, make_trainer, operator_profile, time_steps
-from bench.speed_report import render_speed, speed_table
+from bench.analysis.speed_report import render_speed, speed_table
 
 
 def fake_benchmark(path: str, size: int, median_s: float, gflop: float) -> dict:

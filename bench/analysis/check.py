@@ -13,11 +13,12 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.records import read_json
-from bench.report import config_diff, shared_config
+from bench.analysis.summary import config_diff, shared_config
+from dip.execution import EXECUTION_FIELDS
 
-# How a recipe is executed, not what it computes: these may differ from the baseline's (a machine whose
-# fast path runs fp32, say) and are reported, not failed; the tolerances were measured across them.
-EXECUTION_FIELDS = ("precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark", "compile", "cuda_graphs")
+# The execution fields (dip.execution) say how a recipe is executed, not what it computes: they may differ
+# from the baseline's (a machine whose fast path runs fp32, say) and are reported, not failed; the
+# tolerances were measured across them.
 
 
 def per_image_psnr(records: list[dict]) -> dict[str, float]:

@@ -1,7 +1,7 @@
-"""The seed reproduction's network (Peschl et al., REFERENCE.md section 4), adapted to grayscale.
+"""The seed reproduction's network (Peschl et al.; docs/protocol.md, "The seed reproduction's recipe"), adapted to grayscale.
 
-Same blocks as :mod:`dip.skipnet`, wired differently. With d_i the output of down block i
-(resolution R / 2**(i+1)) and s_i = skip_i(d_i):
+Same blocks (:mod:`dip.nets.blocks`) as :mod:`dip.nets.skipnet`, wired differently. With d_i the
+output of down block i (resolution R / 2**(i+1)) and s_i = skip_i(d_i):
 
     d_i  = LReLU(BN(conv3x3(LReLU(BN(conv3x3_stride2(d_{i-1}))))))      (1, 128, R/2**(i+1), ...)
     s_i  = LReLU(BN(conv1x1(d_i)))                                       (1, 4,   R/2**(i+1), ...)
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dip.skipnet import SkipNetConfig, conv_bn_act, down_block, merge_block, upsample
+from dip.nets.blocks import conv_bn_act, down_block, merge_block, upsample
+from dip.nets.config import SkipNetConfig
 
 
 class SeedNet(nn.Module):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.config import execution_path
-from bench.report import commit_labels, config_diff, shared_config, summarise
+from bench.analysis.summary import commit_labels, config_diff, shared_config, summarise
+from dip.execution import execution_path
 
 
 def side_by_side(a: list[dict], b: list[dict], label_a: str, label_b: str) -> str:

@@ -1,0 +1,161 @@
+"""A run's markdown report, built from stored records only (never from a live run): header, tables,
+legends, divergences, plots, panel links, and a snapshot of the records beside it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.analysis.legend import EXTRA_LEGEND, LEGEND
+from bench.analysis.summary import REFERENCE_ROW_COLUMNS, aligned, check_comparable, commit_labels, image_rows, seed_means, shared_config, summarise
+from bench.analysis.tables import extra_table, header, markdown_table
+from bench.records import write_json_atomic, write_text_atomic
+from bench.rundir import RunDir, cell_stem
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a report is built from, computed once: the run's shared configuration and per-image
+    summary, and for each other run (label -> records) its summary and the fields it differs in."""
+
+    records: list[dict]
+    config: dict
+    summary: pd.DataFrame
+    others: dict[str, list[dict]]
+    other_summaries: dict[str, pd.DataFrame]
+    differing: dict[str, list[str]]
+    failures: list[dict]  # failed records of this run's configuration
+
+
+def prepare(records: list[dict], others: dict[str, list[dict]] | None = None, failures: list[dict] | None = None) -> Prepared:
+    """Check the records (one configuration; others comparable) before anything is computed or written.
+    ``failures``: failed records; those of another configuration than the records' are left out."""
+    others = others or {}
+    config = shared_config(records)
+    differing = {label: check_comparable(config, shared_config(recs), label) for label, recs in others.items()}
+    mine = [f for f in failures or [] if shared_config([f]) == config]
+    return Prepared(records, config, summarise(records), others,
+                    {label: summarise(recs) for label, recs in others.items()}, differing, mine)
+
+
+def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = (),
+           failures: list[dict] | None = None) -> str:
+    """The report: header, main table, second table with reference rows and ``others`` (label ->
+    records of another run of the same protocol with a different recipe), then ``sections``;
+    cells that diverged (``failures``, or non-finite losses undone) are marked † and listed."""
+    return render_prepared(prepare(records, others, failures), sections)
+
+
+def fault_lines(records: list[dict], failures: list[dict]) -> list[str]:
+    """One line per cell that diverged: failed (with its reason), or with non-finite losses undone."""
+    lines = [f"- {r['name']} seed {r['seed']}: **failed**, no result: {r['reason']} (--on-divergence {r['on_divergence']})"
+             for r in failures]
+    for r in records:
+        if r.get("divergences"):
+            lines.append(f"- {r['name']} seed {r['seed']}: non-finite loss at iteration{'s' if len(r['divergences']) > 1 else ''} "
+                         f"{', '.join(map(str, r['divergences']))}, each undone by restoring the last good state "
+                         f"({len(r['divergences'])} restore{'s' if len(r['divergences']) > 1 else ''}); the result is kept")
+    return lines
+
+
+def render_prepared(prep: Prepared, sections: tuple[str, ...] = ()) -> str:
+    records = prep.records
+    faults = fault_lines(records, prep.failures)
+    faulty = frozenset(r["name"] for r in prep.failures) | frozenset(r["name"] for r in records if r.get("divergences"))
+    parts = [header(records, prep.config), markdown_table(prep.summary, seed_means(records), faulty), LEGEND]
+    if faults:
+        parts += ["## † Diverged cells", "Images marked † in the table had a seed whose loss became non-finite. "
+                  "A failed seed has no result (its n is lower); an undone one restored the last good state and went on.",
+                  "\n".join(faults)]
+    extra = extra_table(prep.summary, prep.other_summaries)
+    if extra is not None:
+        parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
+        for label, recs in prep.others.items():
+            seeds = sorted({r["seed"] for r in recs})
+            parts.append(
+                f"*{label}*: {len(recs)} records (seeds {', '.join(map(str, seeds))}), commit "
+                f"{', '.join(commit_labels(recs))}; its configuration differs from this run's only in: "
+                f"{', '.join(prep.differing[label]) or 'nothing'}."
+            )
+    return "\n\n".join(parts + list(sections)) + "\n"
+
+
+def write_report(
+    records: list[dict],
+    out: Path,
+    records_dir: Path | None = None,
+    *,
+    others: dict[str, list[dict]] | None = None,
+    results_dir: Path | None = None,
+    failures: list[dict] | None = None,
+) -> Path:
+    """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
+    reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
+    it was built from (and of ``others``) into ``records_dir``."""
+    from bench.analysis.figures import plot_curves, plot_vs_reference  # matplotlib: only here
+
+    prep = prepare(records, others, failures)
+    figures_dir = out.parent / out.stem
+    sections = []
+    if all("curve" in r for r in records):  # records written before curves existed get no plots
+        curves = plot_curves(records, figures_dir / "psnr_curves.png")
+        summary = prep.summary.copy()
+        for label, other in prep.other_summaries.items():
+            summary[label] = aligned(summary, other)["psnr_mean"].to_numpy()
+        rows = dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"} | {label: label for label in prep.others}
+        versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
+        sections += [
+            "## Plots",
+            f"![PSNR against iteration per image]({relative_link(curves, out.parent)})",
+            "PSNR against iteration per image: mean over seeds of the raw output (band: min to max over seeds), "
+            "of its paste-back PSNR (from raw PSNR and loss: MSE_pasted = MSE_raw - loss), of the EMA of the "
+            "output, and the linear-interpolation floor.",
+            f"![Per-image PSNR against the reference rows]({relative_link(versus, out.parent)})",
+            "Per-image PSNR of this run (mean, error bar: sample std over seeds) against the reference rows.",
+        ]
+    if results_dir is not None:
+        sections += panel_links(records, results_dir, out.parent)
+    text = render_prepared(prep, tuple(sections))
+    if records_dir is not None:
+        snapshot_records(records, records_dir)
+        for label, recs in prep.others.items():
+            snapshot_records(recs, records_dir.with_name(f"records-{slug(label)}"))
+    write_text_atomic(out, text)
+    return out
+
+
+def relative_link(target: Path, start: Path) -> str:
+    """A markdown link path from the directory ``start`` to ``target``, with forward slashes."""
+    return Path(os.path.relpath(target, start)).as_posix()
+
+
+def slug(label: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+
+
+def panel_links(records: list[dict], results_dir: Path, start: Path) -> list[str]:
+    """A "Panels" section linking each record's panel PNG, where it exists (the results directory is
+    git-ignored: panels show the test images, which are downloaded, not redistributed)."""
+    lines = []
+    for key, name, _ in image_rows(records):
+        links = [
+            f"[seed {r['seed']}]({relative_link(results_dir / r['panel'], start)})"
+            for r in sorted(records, key=lambda r: r["seed"])
+            if r["image"] == key and r.get("panel") and (results_dir / r["panel"]).is_file()
+        ]
+        if links:
+            lines.append(f"- {name}: {', '.join(links)}")
+    if not lines:
+        return []
+    return ["## Panels (ground truth | masked input | restored | error x4; in the run directory, not committed)", "\n".join(lines)]
+
+
+def snapshot_records(records: list[dict], records_dir: Path) -> None:
+    """Copy the records beside the report, replacing any earlier snapshot, so every number has its source."""
+    if records_dir.exists():
+        shutil.rmtree(records_dir)
+    for record in records:
+        write_json_atomic(RunDir(records_dir).record(cell_stem(record["image"], record["seed"])), record)

@@ -1,0 +1,33 @@
+"""Helpers the commands share: reading results selected on the command line, and --with columns."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.paths import RUNS_DIR
+from bench.records import load_records
+
+
+def parse_others(specs: list[str]) -> dict[str, list[dict]]:
+    """{"seed recipe": records} from ["seed recipe=runs/quick-seed"]."""
+    others = {}
+    for spec in specs:
+        label, sep, directory = spec.partition("=")
+        if not sep or not label.strip() or not directory.strip():
+            raise BenchError(f"--with expects LABEL=DIR, got {spec!r}")
+        others[label.strip()] = load_records(Path(directory.strip()))
+    return others
+
+
+def results_dir_of(args: argparse.Namespace) -> Path:
+    if args.results_dir is not None:
+        return args.results_dir
+    if args.profile is None:
+        raise BenchError("say which run: --profile NAME or --results-dir DIR")
+    return RUNS_DIR / args.profile
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if "." in k}

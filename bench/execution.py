@@ -1,0 +1,84 @@
+"""Resolving a configuration for the machine at hand: the device, and what the fast path runs with
+(precision, channels_last, fused Adam, TF32, cuDNN autotuning) on it. Everything "auto" in a
+RunConfig becomes concrete here, and the resolved values are what a record stores."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from bench.config import RunConfig
+from bench.errors import BenchError
+from dip.recipe import RestoreConfig
+
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BenchError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"device {name!r} asked for, but this torch build sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise BenchError(f"device type {device.type!r} is not supported; use cpu or cuda")
+    return device
+
+
+# oneDNN's instruction-set levels (the values ONEDNN_MAX_CPU_ISA takes) and their rank; the AVX10 names
+# are aliases of the AVX-512 ones. A cap below AVX512_CORE_BF16 leaves oneDNN without bf16 instructions:
+# its bf16 convolutions then fall back to emulation (measured here: 28x slower than native at 64x64
+# under ONEDNN_MAX_CPU_ISA=AVX2).
+ONEDNN_ISA_RANK = {"SSE41": 0, "AVX": 1, "AVX2": 2, "AVX2_VNNI": 3, "AVX2_VNNI_2": 4, "AVX512_CORE": 5,
+                   "AVX512_CORE_VNNI": 6, "AVX512_CORE_BF16": 7, "AVX512_CORE_FP16": 8, "AVX10_1_512": 8,
+                   "AVX512_CORE_AMX": 9, "AVX10_1_512_AMX": 9, "AVX512_CORE_AMX_FP16": 10, "AVX10_1_512_AMX_FP16": 10}
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction-set cap set through ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA), if any."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap in ONEDNN_ISA_RANK else None  # ALL, DEFAULT or unset: no cap
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512-BF16 that oneDNN may use: bf16 convolutions then run at several times the fp32
+    rate. The CPU flags alone are not enough: an instruction-set cap below AVX512_CORE_BF16 hides them."""
+    cap = onednn_isa_cap()
+    allows = (lambda level: cap is None or ONEDNN_ISA_RANK[cap] >= ONEDNN_ISA_RANK[level])
+    amx = torch.cpu._is_amx_tile_supported() and allows("AVX512_CORE_AMX")
+    avx512_bf16 = torch.cpu._is_avx512_bf16_supported() and allows("AVX512_CORE_BF16")
+    return bool(amx or avx512_bf16)
+
+
+def resolve_precision(config: RunConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if config.path == "reference":
+        return "fp32"
+    if device.type == "cuda":  # (planning a Slurm submission on a node without CUDA: a guess, see NODE_FIELDS)
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> RestoreConfig:
+    """The concrete recipe one (image, seed) cell trains with: no "auto" left."""
+    fast = config.path == "fast"
+    on_cuda = device.type == "cuda"
+    precision = resolve_precision(config, device)
+
+    def pick(value: bool | None, fast_default: bool) -> bool:
+        return (fast and fast_default) if value is None else value
+
+    return dataclasses.replace(
+        config.recipe,
+        precision=precision,
+        channels_last=pick(config.channels_last, precision != "fp32"),
+        fused_adam=pick(config.fused_adam, True),
+        tf32=pick(config.tf32, on_cuda),
+        cudnn_benchmark=pick(config.cudnn_benchmark, on_cuda),
+        net=dataclasses.replace(config.recipe.net, out_channels=out_channels),
+    )

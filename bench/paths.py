@@ -1,0 +1,25 @@
+"""Where the harness reads and writes at the repository level: working runs, published reports and
+the regression check's goldens. (Inside one results directory, bench.rundir owns the layout.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.data import REPO_ROOT
+
+RUNS_DIR = REPO_ROOT / "runs"  # working records, checkpoints and panels (git-ignored)
+REPORTS_DIR = REPO_ROOT / "reports"  # published reports with a snapshot of their records (committed)
+GOLDENS_DIR = REPORTS_DIR / "baselines"  # the regression check's goldens
+SPREAD_PATH = REPORTS_DIR / "regression-spread.json"  # the measurement its tolerances come from
+README = REPO_ROOT / "README.md"
+README_RUN = "brief"  # the published run whose table the README shows: what `make bench` gives without a GPU
+
+
+def run_name(profile: str, recipe_name: str = "paper") -> str:
+    """runs/<name> and reports/<name>.md: the profile, suffixed with the recipe unless it is the paper's."""
+    return profile if recipe_name == "paper" else f"{profile}-{recipe_name}"
+
+
+def published_paths(name: str) -> tuple[Path, Path]:
+    """Where a run's published report goes, and the snapshot of its records beside it."""
+    return REPORTS_DIR / f"{name}.md", REPORTS_DIR / name / "records"

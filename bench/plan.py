@@ -1,0 +1,240 @@
+"""Planning a run: every (image, seed) cell loaded, verified and checked before the first one trains.
+
+Everything that can fail on bad input (unknown image, missing or corrupt file, a size the network
+cannot take, a mask with nothing to restore, an unusable results directory) fails here, in one line.
+Which cells are already done is decided here too, from the records on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from bench.config import RunConfig
+from bench.data import ImageInfo, centre_crop, file_image_info, load_image, read_any_image, resolve_image, sha256_of
+from bench.errors import BenchError
+from bench.execution import cell_recipe, resolve_device
+from bench.records import FAILED, read_record, write_bytes_atomic, write_json_atomic
+from bench.rundir import RunDir, cell_stem
+from dip.masks import bernoulli_mask, paper_mask
+from dip.nets import build_network, check_input_size, count_parameters
+from dip.recipe import RestoreConfig
+from dip.restore import check_device
+
+PUBLISHED = ("deep_prior", "papyan")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image to restore, loaded, verified and cropped: a Table 1 image or a user's file."""
+
+    info: ImageInfo
+    image: np.ndarray  # (h, w) or (h, w, 3) float32 ground truth, cropped
+    published: dict[str, np.ndarray]  # the authors' published DIP and Papyan et al. outputs, cropped alike
+    published_mask: np.ndarray | None  # the paper's full-size mask (Table 1 images only)
+    origin: dict  # where a user's file came from ({"file": ..., "file_sha256": ...}); {} for Table 1 images
+
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (image, seed) unit of work, with its data loaded and checked."""
+
+    info: ImageInfo
+    seed: int
+    image: np.ndarray  # (h, w) or (h, w, 3) float32 ground truth, cropped
+    mask: np.ndarray  # (h, w) float32, 1 = kept
+    published: dict[str, np.ndarray]
+    config: dict  # the fully resolved configuration this cell trains with (JSON-ready)
+    recipe: RestoreConfig
+    run_dir: RunDir
+
+    @property
+    def stem(self) -> str:
+        return cell_stem(self.info.key, self.seed)
+
+    @property
+    def path(self) -> Path:
+        """The cell's record."""
+        return self.run_dir.record(self.stem)
+
+    @property
+    def panel_path(self) -> Path:
+        return self.run_dir.panel(self.stem)
+
+    @property
+    def label(self) -> str:
+        return f"{self.info.name} seed {self.seed}"
+
+
+def run_fields(config: RunConfig, device: torch.device, recipe: RestoreConfig) -> dict:
+    """The configuration all cells of a run share: a record's ``config`` without image, seed and file
+    (what bench.analysis.summary.shared_config reads back), JSON-ready (tuples -> lists, as a stored record has them)."""
+    fields = {"profile": config.profile, "crop": config.crop, "mask": config.mask}
+    if config.mask == "bernoulli":
+        fields["keep"] = config.keep
+    fields |= {"device": str(device), "recipe_name": config.recipe_name, "recipe": recipe.to_dict()}
+    return json.loads(json.dumps(fields))
+
+
+def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
+    shared = run_fields(config, device, recipe)
+    return {"profile": shared.pop("profile"), "image": source.info.key, **source.origin, "seed": seed, **shared}
+
+
+def table_source(info: ImageInfo, config: RunConfig, data_dir: Path) -> Source:
+    image = centre_crop(load_image(info, "GT", data_dir), config.crop)
+    published = {kind: centre_crop(load_image(info, kind, data_dir), config.crop) for kind in PUBLISHED}
+    published_mask = paper_mask(load_image(info, "masked", data_dir)) if config.mask == "paper" else None
+    return Source(info, image, published, published_mask, {})
+
+
+def file_source(path: str, config: RunConfig) -> Source:
+    full = read_any_image(Path(path))
+    info = file_image_info(Path(path), full)
+    if float(full.max()) == float(full.min()):
+        raise BenchError(f"{path}: the image is constant; there is nothing to restore and PSNR is undefined")
+    origin = {"file": str(Path(path).resolve()), "file_sha256": sha256_of(Path(path))}
+    return Source(info, centre_crop(full, config.crop), {}, None, origin)
+
+
+def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: torch.device) -> list[Cell]:
+    """Load, verify and check every cell up front; raises BenchError on the first problem."""
+    sources = [table_source(resolve_image(name), config, data_dir) for name in config.images]
+    sources += [file_source(path, config) for path in config.files]
+    keys = [s.info.key for s in sources]
+    if len(set(keys)) != len(keys):
+        raise BenchError(f"two images would share record names: {', '.join(k for k in keys if keys.count(k) > 1)}")
+    cells = []
+    for source in sources:
+        info, image = source.info, source.image
+        recipe = cell_recipe(config, device, out_channels=1 if image.ndim == 2 else image.shape[2])
+        try:
+            check_input_size(*image.shape[:2], recipe.net)
+            check_device(recipe, device)
+        except ValueError as exc:
+            raise BenchError(f"{info.key}: {exc}") from None
+        for seed in config.seeds:
+            if config.mask == "bernoulli":
+                full_mask = bernoulli_mask((info.height, info.width), config.keep, seed=seed, name=info.key)
+            else:
+                full_mask = source.published_mask
+            # Drawn at full size, then cropped: a crop's mask is the same window of the full mask.
+            mask = centre_crop(full_mask, config.crop)
+            if mask.all() or not mask.any():
+                # Nothing missing (PSNR of the input is infinite) or nothing observed (nothing to fit).
+                raise BenchError(f"{info.key} seed {seed}: the mask keeps {'every' if mask.all() else 'no'} pixel "
+                                 f"of the {mask.shape[1]}x{mask.shape[0]} image; there is nothing to restore")
+            cfg = cell_config(config, source, seed, device, recipe)
+            cells.append(Cell(info, seed, image, mask, source.published, cfg, recipe, RunDir(results_dir)))
+    return cells
+
+
+def check_writable(results_dir: Path, cells: list[Cell]) -> None:
+    """Refuse, before any training, a results directory that cannot be written or lacks the space
+    for this run. Permission bits are not asked (root passes them on a read-only mount): a probe file
+    is written and removed."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot create results directory {results_dir}: {exc.strerror}") from None
+    try:  # a file of this process's own: runs starting side by side must not trip over each other's probe
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-probe-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError:
+        raise BenchError(f"results directory {results_dir} is not writable (tried writing a file there)") from None
+    needed, free = bytes_needed(cells), shutil.disk_usage(results_dir).free
+    if free < needed:
+        raise BenchError(
+            f"results directory {results_dir} has {free / 2**20:.1f} MiB free; this run needs about "
+            f"{needed / 2**20:.0f} MiB (records, panels, a checkpoint and its replacement)"
+        )
+
+
+def bytes_needed(cells: list[Cell]) -> int:
+    """An upper bound on what the cells write: per cell a record (< 256 KiB) and an uncompressed
+    panel; the largest checkpoint twice (an atomic replacement holds old and new at once):
+    parameters x 6 (weights, Adam's two moments, and the kept copies of all three) plus z, the
+    network input and the EMA."""
+    if not cells:
+        return 0
+    params = max(count_parameters(build_network(net)) for net in {c.recipe.net for c in cells})
+    pixels = max(c.image.shape[0] * c.image.shape[1] for c in cells)
+    channels = max(c.recipe.net.in_channels for c in cells)
+    checkpoint = 4 * (6 * params + (2 * channels + 3) * pixels)
+    per_cell = 256 * 2**10 + 4 * pixels * 3
+    return 2 * checkpoint + len(cells) * per_cell
+
+
+def is_done(cell: Cell) -> bool:
+    """A complete record with exactly this configuration exists (a changed flag means re-run)."""
+    record = read_record(cell.path)
+    return record is not None and record.get("config") == cell.config
+
+
+def failed_record(cell: Cell) -> dict | None:
+    """The failed record of exactly this configuration, if training gave up on the cell."""
+    record = read_record(cell.path, FAILED)
+    return record if record is not None and record.get("config") == cell.config else None
+
+
+# Resolved on the machine that trains (auto precision depends on the GPU): a Slurm submission planned on
+# a login node compares records without them; the job itself then checks exactly (is_done).
+NODE_FIELDS = ("device", "recipe.precision", "recipe.channels_last", "recipe.fused_adam", "recipe.tf32",
+               "recipe.cudnn_benchmark")
+
+
+def is_done_on_any_node(cell: Cell) -> bool:
+    """A complete record exists whose configuration equals this one but for :data:`NODE_FIELDS`."""
+    record = read_record(cell.path)
+    return record is not None and _without_node_fields(record.get("config", {})) == _without_node_fields(cell.config)
+
+
+def _without_node_fields(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for name in NODE_FIELDS:
+        *parents, leaf = name.split(".")
+        holder = config
+        for key in parents:
+            holder = holder.get(key, {})
+        holder.pop(leaf, None)
+    return config
+
+
+def adopt(cell: Cell, source_dir: Path) -> bool:
+    """Copy ``cell``'s record (and panel) from another results directory if one with exactly this
+    configuration is there; True if it was."""
+    source = RunDir(source_dir)
+    record = read_record(source.record(cell.stem))
+    if record is None or record.get("config") != cell.config:
+        return False
+    panel = source.panel(cell.stem)
+    if panel.is_file():
+        write_bytes_atomic(cell.panel_path, panel.read_bytes())
+    write_json_atomic(cell.path, record)
+    return True
+
+
+def plan_run(config: RunConfig, data_dir: Path, results_dir: Path, *, reuse_from: Path | None = None,
+             device: torch.device | None = None, done=is_done) -> tuple[list[Cell], list[Cell]]:
+    """All cells of ``config``, loaded and checked, and those still to train (``done`` says which are
+    finished); the results directory is checked for writes and space. Raises BenchError."""
+    device = device or resolve_device(config.device)
+    cells = plan_cells(config, data_dir, results_dir, device)
+    check_writable(results_dir, cells)
+    todo = [c for c in cells if not done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        tqdm.write(f"{skipped} of {len(cells)} cells already have complete records (in {results_dir}"
+                   f"{' or ' + str(reuse_from) if reuse_from else ''}); skipping them")
+    return cells, todo

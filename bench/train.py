@@ -1,0 +1,185 @@
+"""Training one cell: restore the image, score it, and write its record (or its failed record).
+
+The record is what every report is recomputed from: PSNRs, the curve, timing, the mask's digest, the
+resolved configuration and the provenance (commit, software, machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from collections.abc import Callable
+from functools import lru_cache, partial
+
+import numpy as np
+import torch
+
+from bench.checkpoints import load_checkpoint, save_checkpoint
+from bench.config import RunConfig
+from bench.errors import RunStopped
+from bench.hardware import peak_tflops
+from bench.panels import write_panel
+from bench.plan import Cell
+from bench.progress import Progress
+from bench.provenance import device_name, provenance
+from bench.stop import StopRequest
+from bench.records import COMPLETE, FAILED, SCHEMA, write_json_atomic
+from dip.baselines import interpolate_missing
+from dip.masks import apply_mask, mask_digest
+from dip.metrics import psnr, psnr_pasted
+from dip.nets import SkipNetConfig, build_network
+from dip.restore import Checkpointing, DivergenceError, TrainingStopped, restore
+from dip.seeding import derived_seed
+from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every cell of one run shares while it trains."""
+
+    config: RunConfig
+    device: torch.device
+    progress: Progress
+    stop: StopRequest
+
+
+@lru_cache(maxsize=None)
+def gflop_per_iteration(net: SkipNetConfig, height: int, width: int) -> float:
+    return count_flops(lambda: build_network(net), (1, net.in_channels, height, width)) / 1e9
+
+
+def reference_scores(cell: Cell) -> dict[str, float]:
+    """PSNR of reference rows computed here, on this cell's crop: the authors' published outputs
+    (restored from their own masks) and classical interpolation of the missing pixels (this cell's mask)."""
+    scores = {f"{kind}_published": psnr(cell.image, output) for kind, output in cell.published.items()}
+    for method in ("nearest", "linear"):
+        scores[f"interp_{method}"] = psnr(cell.image, interpolate_missing(apply_mask(cell.image, cell.mask), cell.mask, method))
+    # An exact reconstruction (e.g. linear interpolation of a ramp) has infinite PSNR, which JSON cannot hold.
+    return {key: value if math.isfinite(value) else None for key, value in scores.items()}
+
+
+def run_cell(
+    cell: Cell,
+    device: torch.device,
+    callback: Callable | None = None,
+    *,
+    on_divergence: str = "backtrack",
+    checkpointing: Checkpointing | None = None,
+) -> tuple[dict, np.ndarray]:
+    """Train one cell; return its record (not yet written) and the restored image."""
+    reset_peak_memory(device)
+    result = restore(
+        cell.image,
+        cell.mask,
+        cell.recipe,
+        partial(build_network, cell.recipe.net),  # built after seeding: weights from the seed alone
+        seed=derived_seed(cell.seed, f"net/{cell.info.key}"),
+        device=device,
+        reference=cell.image,
+        callback=callback,
+        on_divergence=on_divergence,
+        checkpointing=checkpointing,
+    )
+    timing = result.timing
+    best = max(result.curve, key=lambda p: p.psnr)
+    height, width = cell.image.shape[:2]
+    gflop = gflop_per_iteration(cell.recipe.net, height, width)
+    gflops = gflop / (timing.median_ms_per_iter / 1e3)
+    peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
+    memory, memory_kind = peak_memory_bytes(device)
+    record = {
+        "schema": SCHEMA,
+        "status": COMPLETE,
+        "image": cell.info.key,
+        "name": cell.info.name,
+        "seed": cell.seed,
+        "size": [height, width],
+        "full_size": [cell.info.height, cell.info.width],
+        "psnr": psnr(cell.image, result.output),
+        "psnr_pasted": psnr_pasted(cell.image, result.output, cell.mask),
+        "psnr_ema": None if result.output_ema is None else psnr(cell.image, result.output_ema),
+        "psnr_best": best.psnr,  # what an oracle early stop at an evaluation point would get
+        "best_iteration": best.iteration,
+        "psnr_masked_input": psnr(cell.image, apply_mask(cell.image, cell.mask)),
+        "reference_psnr": reference_scores(cell),
+        "final_loss": result.final_loss,
+        "backtracks": result.backtracks,
+        "backtrack_iterations": result.backtrack_iterations,
+        "on_divergence": on_divergence,
+        "divergences": result.divergences,  # iterations with a non-finite loss, each undone (backtrack policy)
+        "resumed_at": result.resumed_at,  # iterations this cell was resumed from after a stop or a kill
+        "curve": [dataclasses.asdict(p) for p in result.curve],
+        "timing": timing.to_dict(),
+        "gflop_per_iter": gflop,
+        "gflops_achieved": gflops,
+        "device_peak_tflops": peak,  # CUDA only, from bench.hardware's table; None if unknown
+        "peak_fraction": None if peak is None else gflops / (peak * 1e3),
+        "peak_memory_bytes": memory,
+        "peak_memory_kind": memory_kind,
+        "mask_sha256": mask_digest(cell.mask),
+        "keep_fraction": float(cell.mask.mean()),
+        "config": cell.config,
+        "provenance": provenance(device),
+        "panel": cell.panel_path.relative_to(cell.run_dir.root).as_posix(),  # relative to the results directory
+    }
+    return record, result.output
+
+
+def failure_record(cell: Cell, session: Session, reason: str) -> dict:
+    """What is kept of a cell whose training diverged: why, and what it was run with (no results)."""
+    return {
+        "schema": SCHEMA,
+        "status": FAILED,
+        "image": cell.info.key,
+        "name": cell.info.name,
+        "seed": cell.seed,
+        "reason": reason,
+        "on_divergence": session.config.on_divergence,
+        "config": cell.config,
+        "provenance": provenance(session.device),
+    }
+
+
+def train_and_write(cell: Cell, session: Session) -> None:
+    """Train one cell (from its checkpoint if there is one) and write its record, or its failed record."""
+    stop = session.stop
+    if stop():
+        raise RunStopped(f"stopped by {stop.name} before {cell.label}; complete records are kept; run the same "
+                         f"command again to continue", stop.exit_code)
+    ckpt_path = cell.run_dir.checkpoint(cell.stem)
+    state, note = load_checkpoint(ckpt_path, cell.config, session.device)
+    if note:
+        session.progress.note(note)
+    checkpointing = Checkpointing(every=session.config.checkpoint_every, save=partial(save_checkpoint, ckpt_path, cell.config),
+                                  resume=state, stop_requested=stop)
+    try:
+        record, restored = train_with_progress(cell, session, checkpointing)
+    except TrainingStopped as exc:
+        raise RunStopped(f"stopped by {stop.name} after iteration {exc.iteration} of {cell.recipe.iterations} of "
+                         f"{cell.label}; checkpoint in {ckpt_path}; run the same command again to resume",
+                         stop.exit_code) from None
+    except DivergenceError as exc:
+        write_json_atomic(cell.path, failure_record(cell, session, str(exc)))
+        ckpt_path.unlink(missing_ok=True)
+        session.progress.note(f"{cell.label}: FAILED, {exc} (--on-divergence {session.config.on_divergence}); "
+                   f"the run goes on -> {cell.path}")
+        return
+    write_panel(cell.panel_path, cell.image, cell.mask, restored)
+    write_json_atomic(cell.path, record)  # last: a record marks the cell complete
+    ckpt_path.unlink(missing_ok=True)
+    restores = f", {len(record['divergences'])} non-finite losses undone" if record["divergences"] else ""
+    session.progress.note(
+        f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
+        f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
+        f"{record['backtracks']} backtracks{restores} -> {cell.path}"
+    )
+
+
+def train_with_progress(cell: Cell, session: Session, checkpointing: Checkpointing) -> tuple[dict, np.ndarray]:
+    start = checkpointing.resume["loop"]["next_iteration"] if checkpointing.resume else 0
+    if start:
+        session.progress.note(f"{cell.label}: resuming from its checkpoint at iteration {start}")
+        session.progress.skip(start)
+    with session.progress.cell(cell.label, cell.recipe.iterations, start) as callback:
+        return run_cell(cell, session.device, callback, on_divergence=session.config.on_divergence, checkpointing=checkpointing)

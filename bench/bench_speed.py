@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from bench.train import gflop_per_iteration
 from bench.speed import make_trainer, train_step
+from bench.train import gflop_per_iteration
 
 ROUNDS = {128: int(os.environ.get("SPEED_ROUNDS_128", 10)), 256: int(os.environ.get("SPEED_ROUNDS_256", 5))}
 # (variant, size): both paths at both sizes; torch.compile at 128 only (its warm-up takes over a minute here)

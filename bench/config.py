@@ -12,7 +12,6 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-
 from bench.data import load_images, resolve_image
 from bench.errors import BenchError, unknown_choice
 from dip.nets.config import SkipNetConfig
@@ -103,7 +102,7 @@ PROFILES: dict[str, RunConfig] = {
     "paper": RunConfig(profile="paper"),
     # What `make bench` runs without a GPU: every image once, small crops, a short budget, so that a CPU
     # gives an honestly labelled table in minutes (not comparable to Table 1).
-    "brief": RunConfig(profile="brief", crop=64, checkpoint_every=100, recipe=RestoreConfig(iterations=500)),
+    "brief": RunConfig(profile="brief", crop=64, checkpoint_every=0, recipe=RestoreConfig(iterations=500)),
     # All 11 images x 3 seeds, 128x128 centre crops, 600 iterations: about 25 minutes on a 2-core AMX CPU.
     "quick": RunConfig(profile="quick", seeds=(0, 1, 2), crop=128, checkpoint_every=200, recipe=RestoreConfig(iterations=600)),
     # CI's regression run: 3 images, 64x64 crops, 400 iterations: about 40 s on a 2-core AMX CPU.
@@ -115,7 +114,7 @@ PROFILES: dict[str, RunConfig] = {
     # reference path, a curve point at every iteration, and lr 1e-6. At the paper's lr 1e-3 Adam's first
     # steps amplify the rounding differences between CPU kernels (measured: 0.4% in the loss after one
     # step, 0.8 dB after five); at 1e-6 the trajectory stays smooth, so a fixed golden can be compared
-    # tightly on any CPU, while every line of the training code still runs. About 10 s.
+    # tightly on any CPU, while every line of the training code still runs. About 15 s.
     "fingerprint": RunConfig(profile="fingerprint", images=("house", "cman", "peppers"), crop=64, path="reference",
                              checkpoint_every=0, recipe=RestoreConfig(iterations=24, lr=1e-6, eval_every=1)),
 }

@@ -14,7 +14,6 @@ from bench.errors import BenchError
 from dip.recipe import RestoreConfig
 
 
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

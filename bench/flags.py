@@ -17,6 +17,7 @@ import typing
 
 from bench.config import ALL_IMAGES, MASKS, PATHS, PROFILES, RECIPES, RunConfig
 from bench.errors import unknown_choice
+from dip.execution import PATH_CHOSEN_FIELDS
 from dip.nets.config import SkipNetConfig
 from dip.recipe import DIVERGENCE_POLICIES, PRECISIONS, RestoreConfig
 
@@ -25,7 +26,7 @@ from dip.recipe import DIVERGENCE_POLICIES, PRECISIONS, RestoreConfig
 # from RunConfig's fields of the same name.
 _NOT_FLAGS = {
     RunConfig: {"profile", "recipe", "recipe_name", "files"},
-    RestoreConfig: {"net", "precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark"},
+    RestoreConfig: {"net", *PATH_CHOSEN_FIELDS},  # set through RunConfig's fields of the same names
     SkipNetConfig: {"out_channels"},
 }
 _SECTIONS = (("run", RunConfig), ("recipe", RestoreConfig), ("net", SkipNetConfig))

@@ -19,11 +19,20 @@ import torch
 from tqdm import tqdm
 
 from bench.config import RunConfig
-from bench.data import ImageInfo, centre_crop, file_image_info, load_image, read_any_image, resolve_image, sha256_of
+from bench.data import (
+    ImageInfo,
+    centre_crop,
+    file_image_info,
+    load_image,
+    read_any_image,
+    resolve_image,
+    sha256_of,
+)
 from bench.errors import BenchError
 from bench.execution import cell_recipe, resolve_device
 from bench.records import FAILED, read_record, write_bytes_atomic, write_json_atomic
 from bench.rundir import RunDir, cell_stem
+from dip.execution import PATH_CHOSEN_FIELDS
 from dip.masks import bernoulli_mask, paper_mask
 from dip.nets import build_network, check_input_size, count_parameters
 from dip.recipe import RestoreConfig
@@ -190,8 +199,7 @@ def failed_record(cell: Cell) -> dict | None:
 
 # Resolved on the machine that trains (auto precision depends on the GPU): a Slurm submission planned on
 # a login node compares records without them; the job itself then checks exactly (is_done).
-NODE_FIELDS = ("device", "recipe.precision", "recipe.channels_last", "recipe.fused_adam", "recipe.tf32",
-               "recipe.cudnn_benchmark")
+NODE_FIELDS = ("device", *(f"recipe.{name}" for name in PATH_CHOSEN_FIELDS))
 
 
 def is_done_on_any_node(cell: Cell) -> bool:

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 
 from bench.data import load_files, load_image, load_images
+from bench.plan import PUBLISHED
 from bench.provenance import provenance
 from bench.records import write_json_atomic, write_text_atomic
-from bench.plan import PUBLISHED
 from dip.metrics import psnr
 
 TABLE_1 = {"deep_prior": "dip_paper", "papyan": "papyan"}  # published file kind -> ImageInfo field

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from bench.config import RunConfig
 from bench.errors import RunStopped
 from bench.execution import resolve_device

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache, partial
 
 import numpy as np
@@ -23,8 +23,8 @@ from bench.panels import write_panel
 from bench.plan import Cell
 from bench.progress import Progress
 from bench.provenance import device_name, provenance
-from bench.stop import StopRequest
 from bench.records import COMPLETE, FAILED, SCHEMA, write_json_atomic
+from bench.stop import StopRequest
 from dip.baselines import interpolate_missing
 from dip.masks import apply_mask, mask_digest
 from dip.metrics import psnr, psnr_pasted

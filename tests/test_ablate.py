@@ -6,7 +6,13 @@ import statistics
 import pytest
 
 from bench.ablate import VARIANTS, run_ablations, select_variants
-from bench.analysis.ablations import BASELINE, effect, paired_deltas, reading, render_ablations
+from bench.analysis.ablations import (
+    BASELINE,
+    effect,
+    paired_deltas,
+    reading,
+    render_ablations,
+)
 from bench.errors import BenchError
 from bench.records import read_record
 from tests.test_report import fixture_record

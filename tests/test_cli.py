@@ -10,8 +10,8 @@ import pytest
 
 from bench.cli import build_parser, main
 from bench.commands.common import config_overrides
-from bench.estimate import human_duration
 from bench.config import build_config
+from bench.estimate import human_duration
 from bench.flags import CHOICES
 from tests.conftest import REPO_ROOT
 
@@ -124,7 +124,7 @@ def test_fixed_set_fields_show_their_values(command):
     text = " ".join(subcommands()[command].format_help().split())
     for values in CHOICES.values():
         assert "{" + ",".join(values) + "}" in text
-    assert "--device {auto,cpu,cuda,cuda:N}" in text and "--profile {paper,quick,smoke,fingerprint}" in text
+    assert "--device {auto,cpu,cuda,cuda:N}" in text and "--profile {paper,brief,quick,smoke,fingerprint}" in text
 
 
 def test_image_aliases_on_the_command_line():
@@ -137,7 +137,7 @@ def test_a_mistyped_profile_gets_a_suggestion(capsys):
         main(["run", "--profile", "smok"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert "invalid choice: 'smok'; did you mean 'smoke'? (choose from paper, quick, smoke, fingerprint)" in err
+    assert "invalid choice: 'smok'; did you mean 'smoke'? (choose from paper, brief, quick, smoke, fingerprint)" in err
 
 
 def test_human_duration():

@@ -3,7 +3,6 @@ import argparse
 import pytest
 import torch
 
-from dip.execution import execution_path
 from bench.config import (
     ALL_IMAGES,
     PROFILES,
@@ -11,7 +10,15 @@ from bench.config import (
 )
 from bench.errors import BenchError
 from bench.execution import cell_recipe, cpu_has_fast_bf16, resolve_precision
-from bench.flags import CHOICES, HELP, OneLineParser, add_config_flags, field_dests, parse_int_list
+from bench.flags import (
+    CHOICES,
+    HELP,
+    OneLineParser,
+    add_config_flags,
+    field_dests,
+    parse_int_list,
+)
+from dip.execution import execution_path
 
 
 def parse(*argv: str) -> dict:
@@ -141,7 +148,7 @@ def test_unknown_image_suggests_the_nearest():
 
 
 def test_unknown_profile():
-    with pytest.raises(BenchError, match="unknown profile 'fast'; choose from paper, quick"):
+    with pytest.raises(BenchError, match="unknown profile 'fast'; choose from paper, brief, quick"):
         build_config("fast", {})
     with pytest.raises(BenchError, match="unknown profile 'smok'; did you mean 'smoke'"):
         build_config("smok", {})

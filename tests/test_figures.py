@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from bench.analysis.figures import plot_curves, plot_vs_reference
-from bench.panels import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, write_panel
 from bench.analysis.summary import summarise
+from bench.panels import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, write_panel
 from tests.test_report import fixture_record
 
 

@@ -6,16 +6,16 @@ import json
 import pytest
 
 import bench.train
+from bench.analysis.report import render
 from bench.config import PROFILES, build_config
-from dip.execution import execution_path
+from bench.estimate import estimate_seconds, measure_ms_per_iter
 from bench.records import load_records, read_json, read_record
 from bench.regression import GOLDENS_DIR
-from bench.analysis.report import render
-from dip.seeding import derived_seed
-from bench.estimate import estimate_seconds, measure_ms_per_iter
 from bench.runner import run
+from dip.execution import execution_path
 from dip.nets.config import SkipNetConfig
 from dip.restore import DivergenceError
+from dip.seeding import derived_seed
 
 SMALL_NET = SkipNetConfig(channels_down=8, channels_up=8)
 TINY = {"run.images": ("house",), "run.crop": 64, "recipe.iterations": 12, "recipe.eval_every": 4}
@@ -97,12 +97,15 @@ def smoke_fast(tmp_path_factory, data_dir):
     return run(PROFILES["smoke"], data_dir, tmp_path_factory.mktemp("smoke_fast"), progress=False).records
 
 
-def test_smoke_profile_is_identical_across_two_runs_in_one_process(smoke_fast, tmp_path, data_dir):
-    second = run(PROFILES["smoke"], data_dir, tmp_path, progress=False).records
-    assert [r["image"] for r in smoke_fast] == ["house", "cman", "peppers"]
-    for a, b in zip(smoke_fast, second):
+def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
+    """Determinism does not need the whole budget: 60 of the smoke profile's 400 iterations, twice."""
+    short = build_config("smoke", {"recipe.iterations": 60})
+    first = run(short, data_dir, tmp_path / "first", progress=False).records
+    second = run(short, data_dir, tmp_path / "second", progress=False).records
+    assert [r["image"] for r in first] == ["house", "cman", "peppers"]
+    for a, b in zip(first, second):
         assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
-        assert a["psnr"] > a["psnr_masked_input"] + 10
+        assert a["psnr"] > a["psnr_masked_input"] + 5  # about +8 dB after 60 steps
 
 
 def test_fast_path_keeps_psnr_parity_with_the_reference_path(smoke_fast, tmp_path, data_dir):

@@ -14,8 +14,8 @@ import json
 import math
 import os
 import tempfile
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings

@@ -10,9 +10,9 @@ import pytest
 import bench.execution
 from bench.analysis import fingerprint as fp
 from bench.analysis.check import compare, execution_note, make_baseline
-from bench.execution import cpu_has_fast_bf16, onednn_isa_cap
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
+from bench.execution import cpu_has_fast_bf16, onednn_isa_cap
 from bench.mutations import BLIND_SPOTS, MUTATIONS, mutated_tree, select_mutations
 from bench.regression import check_fingerprint
 from tests.test_report import fixture_record

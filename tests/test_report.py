@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from bench.analysis.check import compare, make_baseline
-from bench.errors import BenchError
-from bench.records import SCHEMA, read_record, write_json_atomic
 from bench.analysis.report import render, write_report
 from bench.analysis.summary import seed_means, shared_config
+from bench.errors import BenchError
+from bench.records import SCHEMA, read_record, write_json_atomic
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_quick_golden.md"
 

@@ -134,8 +134,10 @@ def test_a_huge_learning_rate_diverges_for_real(house64):
 
 
 def test_bf16_autocast_with_channels_last_trains(house64):
+    """A small network: on a CPU without bf16 instructions bf16 is emulated (the paper network took 56 s
+    for these 40 steps on an AVX2-only EPYC; this one 4 s, and it gains about 15 dB)."""
     image, mask = house64
-    config = RestoreConfig(iterations=40, precision="bf16", channels_last=True)
+    config = RestoreConfig(iterations=40, precision="bf16", channels_last=True, net=TINY_NET)
     result = restore(image, mask, config, net_of(config), seed=0)
     assert result.precision == "bf16"
     assert psnr(image, result.output) > psnr(image, image * mask) + 5

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import bench.speed
+from bench.analysis.speed_report import render_speed, speed_table
 from bench.cli import main
 from bench.errors import BenchError
 from bench.speed import RatioMeasurement, make_trainer, operator_profile, time_steps
-from bench.analysis.speed_report import render_speed, speed_table
 
 
 def fake_benchmark(path: str, size: int, median_s: float, gflop: float) -> dict:

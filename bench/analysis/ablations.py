@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.report import snapshot_records
-from bench.analysis.summary import commit_labels, config_diff, seed_means, shared_config, summarise
+from bench.analysis.summary import (
+    commit_labels,
+    config_diff,
+    seed_means,
+    shared_config,
+    summarise,
+)
 from bench.analysis.tables import psnr_cell
 from bench.errors import BenchError
 from bench.records import write_text_atomic

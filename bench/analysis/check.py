@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.analysis.summary import config_diff, shared_config
 from bench.errors import BenchError
 from bench.records import read_json
-from bench.analysis.summary import config_diff, shared_config
 from dip.execution import EXECUTION_FIELDS
 
 # The execution fields (dip.execution) say how a recipe is executed, not what it computes: they may differ

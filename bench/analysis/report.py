@@ -11,10 +11,20 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.legend import EXTRA_LEGEND, LEGEND
-from bench.analysis.summary import REFERENCE_ROW_COLUMNS, aligned, check_comparable, commit_labels, image_rows, seed_means, shared_config, summarise
+from bench.analysis.summary import (
+    REFERENCE_ROW_COLUMNS,
+    aligned,
+    check_comparable,
+    commit_labels,
+    image_rows,
+    seed_means,
+    shared_config,
+    summarise,
+)
 from bench.analysis.tables import extra_table, header, markdown_table
 from bench.records import write_json_atomic, write_text_atomic
 from bench.rundir import RunDir, cell_stem
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -95,7 +105,10 @@ def write_report(
     """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
     reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
     it was built from (and of ``others``) into ``records_dir``."""
-    from bench.analysis.figures import plot_curves, plot_vs_reference  # matplotlib: only here
+    from bench.analysis.figures import (  # matplotlib: only here
+        plot_curves,
+        plot_vs_reference,
+    )
 
     prep = prepare(records, others, failures)
     figures_dir = out.parent / out.stem

@@ -10,6 +10,8 @@ import pandas as pd
 
 from bench.data import load_images
 from bench.errors import BenchError
+from dip.execution import EXECUTION_FIELDS
+from dip.recipe import RestoreConfig
 
 PER_CELL_KEYS = ("image", "seed", "file", "file_sha256")  # what differs between the cells of one run
 
@@ -149,3 +151,19 @@ def aligned(summary: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
     return summary[["image"]].merge(other, on="image", how="left")
 
 
+
+
+PAPER_ITERATIONS = RestoreConfig().iterations
+# Recipe fields that change what is computed; the rest only change how (execution fields), what is
+# recorded (curve points, EMA, timer) or how long (the budget, judged apart).
+_NOT_PROTOCOL = set(EXECUTION_FIELDS) | {"iterations", "eval_every", "ema_decay", "timer_warmup", "timer_window"}
+
+
+def recipe_differences(config: dict) -> list[str]:
+    """Where a run's recipe (as stored in its records) departs from the paper's: ``["lr 0.01", ...]``.
+    Network fields are compared too, except the output channels (they follow the image)."""
+    paper, recipe = RestoreConfig().to_dict(), config["recipe"]
+    differs = [f"{k} {recipe[k]}" for k in paper if k not in _NOT_PROTOCOL | {"net"} and k in recipe and recipe[k] != paper[k]]
+    net = recipe.get("net", {})
+    differs += [f"net.{k} {net[k]}" for k, v in paper["net"].items() if k != "out_channels" and k in net and net[k] != v]
+    return differs

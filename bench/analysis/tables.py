@@ -6,8 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bench.analysis.summary import ESTIMATE_COLUMNS, EXTRA_COLUMNS, aligned, commit_labels
+from bench.analysis.summary import (
+    ESTIMATE_COLUMNS,
+    EXTRA_COLUMNS,
+    PAPER_ITERATIONS,
+    aligned,
+    commit_labels,
+    recipe_differences,
+)
 from dip.execution import execution_path
+
 
 def fmt(value: float, spec: str = "{:.2f}") -> str:
     return "—" if value is None or np.isnan(value) else spec.format(value)
@@ -97,15 +105,20 @@ def header(records: list[dict], config: dict) -> str:
         f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
-    full = recipe["iterations"] == 11000 and config["crop"] == 0
-    if not full:
+    budget_differs = recipe["iterations"] != PAPER_ITERATIONS or config["crop"] != 0
+    recipe_differs = recipe_differences(config)
+    if budget_differs:
         lines += [
             "",
             f"> **Not comparable to Table 1.** This run uses "
             f"{'centre crops of ' + str(config['crop']) + ' px' if config['crop'] else 'full images'} and "
             f"{recipe['iterations']} iterations instead of the paper's full images and 11000 iterations; "
-            f"the Table 1 columns are shown for orientation only, and Δ is not a reproduction gap.",
+            f"the Table 1 columns are shown for orientation only, and Δ is not a reproduction gap."
+            + (f" Its recipe also differs from the paper's in: {', '.join(recipe_differs)}." if recipe_differs else ""),
         ]
+    elif recipe_differs:
+        lines += ["", f"> **Not comparable to Table 1.** This run's recipe differs from the paper's in: "
+                      f"{', '.join(recipe_differs)}; Δ is the effect of that change, not a reproduction gap."]
     return "\n".join(lines)
 
 

@@ -96,8 +96,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_speed_report(args: argparse.Namespace) -> int:
-    from bench.speed import operator_profile
     from bench.analysis.speed_report import load_benchmarks, render_speed
+    from bench.speed import operator_profile
 
     check_size(args.profile_size)
     data = load_benchmarks(args.json)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.analysis.report import render, write_report
 from bench.commands.common import parse_others, results_dir_of
+from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.paths import README, RUNS_DIR, published_paths, run_name
 from bench.records import load_failures, load_records, write_text_atomic
@@ -64,7 +65,7 @@ def cmd_readme(args: argparse.Namespace) -> int:
     from bench.analysis.readme import current_block, replace_block, results_block
 
     report, records_dir = published_paths(args.run)
-    block = results_block(load_records(records_dir), report.relative_to(README.parent).as_posix())
+    block = results_block(load_records(records_dir), report.relative_to(REPO_ROOT).as_posix())
     if args.check:
         if current_block(README) != block:
             print(f"README.md's results table differs from {records_dir}'s records; run `python -m bench readme`")

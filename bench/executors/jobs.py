@@ -16,8 +16,8 @@ from bench.config import RunConfig
 from bench.errors import BenchError, RunStopped
 from bench.plan import Cell
 from bench.records import write_json_atomic
-from bench.runner import run
 from bench.rundir import RunDir
+from bench.runner import run
 
 
 def _submitit():

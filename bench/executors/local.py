@@ -14,14 +14,20 @@ from tqdm import tqdm
 
 from bench.config import RunConfig
 from bench.errors import BenchError, RunStopped
-from bench.executors.jobs import CellJob, _submitit, job_entry, last_error_line, one_cell_config, record_submission
+from bench.executors.jobs import (
+    CellJob,
+    _submitit,
+    job_entry,
+    last_error_line,
+    one_cell_config,
+    record_submission,
+)
 from bench.executors.options import ExecutorOptions
 from bench.plan import Cell, plan_run
-from bench.runner import RunOutcome, collect
 from bench.records import FAILED, read_record
 from bench.rundir import RunDir
+from bench.runner import RunOutcome, collect
 from bench.stop import StopRequest
-
 
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # submitit's LocalExecutor kills a job after 2 minutes unless told otherwise
 

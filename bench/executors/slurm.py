@@ -9,7 +9,13 @@ import torch
 
 from bench.config import RunConfig
 from bench.errors import BenchError
-from bench.executors.jobs import CellJob, _submitit, job_entry, one_cell_config, record_submission
+from bench.executors.jobs import (
+    CellJob,
+    _submitit,
+    job_entry,
+    one_cell_config,
+    record_submission,
+)
 from bench.executors.options import ExecutorOptions
 from bench.plan import Cell, is_done_on_any_node, plan_run
 from bench.rundir import RunDir

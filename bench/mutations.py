@@ -34,10 +34,10 @@ class Mutation:
 
 
 MUTATIONS = (
-    Mutation("adam-gan-betas", "optimiser", "dip/restore.py",
+    Mutation("adam-gan-betas", "optimiser", "dip/trainer.py",
              "torch.optim.Adam(self.params, lr=config.lr,", "torch.optim.Adam(self.params, lr=config.lr, betas=(0.5, 0.999),",
              "Adam's betas copied from GAN code (beta1 0.5 instead of the default 0.9)"),
-    Mutation("gradients-accumulate", "optimiser", "dip/restore.py",
+    Mutation("gradients-accumulate", "optimiser", "dip/trainer.py",
              "        self.steps += 1\n        self.optimizer.zero_grad(set_to_none=True)\n", "        self.steps += 1\n",
              "zero_grad dropped in a refactor of the step: gradients add up across iterations"),
     Mutation("leaky-relu-default-slope", "activation", "dip/nets/blocks.py",
@@ -53,23 +53,23 @@ MUTATIONS = (
     Mutation("replication-padding", "padding", "dip/nets/blocks.py",
              "class ReflectionPad(nn.ReflectionPad2d):", "class ReflectionPad(nn.ReplicationPad2d):",
              "edge replication instead of reflection at the borders of every 3x3 convolution"),
-    Mutation("input-gaussian", "input scale", "dip/restore.py",
+    Mutation("input-gaussian", "input scale", "dip/trainer.py",
              "z = torch.rand(1, config.net.in_channels, height, width) * config.input_scale",
              "z = torch.randn(1, config.net.in_channels, height, width) * config.input_scale",
              "the input drawn from N(0, 0.1^2) instead of 0.1 * U[0, 1) (rand -> randn)"),
-    Mutation("input-noise-drawn-once", "input noise", "dip/restore.py",
+    Mutation("input-noise-drawn-once", "input noise", "dip/trainer.py",
              '        if self.config.input_noise == "fixed":\n            self.noise_buffer.normal_(generator=self.noise_gen)\n',
              '        if self.config.input_noise == "fixed":\n            if self.steps == 0:\n'
              '                self.noise_buffer.normal_(generator=self.noise_gen)\n',
              "the perturbation drawn once and reused (an 'optimisation'): no fresh noise per step"),
-    Mutation("loss-over-observed-pixels", "loss", "dip/restore.py",
+    Mutation("loss-over-observed-pixels", "loss", "dip/trainer.py",
              "loss = F.mse_loss(out * self.mask, self.x_masked)",
              "loss = F.mse_loss(out * self.mask, self.x_masked, reduction='sum') / self.mask.sum()",
              "the MSE averaged over the observed pixels only, not over all pixels"),
     Mutation("mask-shared-by-images", "mask", "dip/masks.py",
              'derived_seed(seed, f"mask/{name}")', 'derived_seed(seed, "mask")',
              "the mask seeded by the seed alone: every image of a seed gets the same mask"),
-    Mutation("final-output-eval-mode", "final output", "dip/restore.py",
+    Mutation("final-output-eval-mode", "final output", "dip/trainer.py",
              "return self.net(self.net_input).float()", "return self.net.eval()(self.net_input).float()",
              "the final image computed in eval mode (BatchNorm's running statistics), the usual inference habit"),
     Mutation("psnr-of-8-bit-output", "PSNR", "dip/metrics.py",
@@ -88,10 +88,10 @@ MUTATIONS = (
 # Regressions the check is known not to see, measured all the same (``make power``) so that the README's
 # list of blind spots rests on numbers; no test requires them to be caught.
 BLIND_SPOTS = (
-    Mutation("adam-beta2-0.99", "optimiser", "dip/restore.py",
+    Mutation("adam-beta2-0.99", "optimiser", "dip/trainer.py",
              "torch.optim.Adam(self.params, lr=config.lr,", "torch.optim.Adam(self.params, lr=config.lr, betas=(0.9, 0.99),",
              "Adam's second moment averaged over ~100 steps instead of ~1000: differs only once t >> 100"),
-    Mutation("adamw-weight-decay", "optimiser", "dip/restore.py",
+    Mutation("adamw-weight-decay", "optimiser", "dip/trainer.py",
              "torch.optim.Adam(self.params, lr=config.lr,", "torch.optim.AdamW(self.params, lr=config.lr,",
              "AdamW with its default weight decay 0.01: shrinks weights by lr x 0.01 per step"),
     Mutation("backtrack-threshold-doubled", "backtracking", "dip/restore.py",

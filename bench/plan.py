@@ -36,7 +36,7 @@ from dip.execution import PATH_CHOSEN_FIELDS
 from dip.masks import bernoulli_mask, paper_mask
 from dip.nets import build_network, check_input_size, count_parameters
 from dip.recipe import RestoreConfig
-from dip.restore import check_device
+from dip.trainer import check_device
 
 PUBLISHED = ("deep_prior", "papyan")
 

@@ -19,8 +19,8 @@ from bench.config import build_config
 from bench.execution import cell_recipe, resolve_device
 from dip.nets import build_network
 from dip.recipe import RestoreConfig
-from dip.restore import Trainer
 from dip.seeding import derived_seed
+from dip.trainer import Trainer
 
 # Variants timed by the benchmark suite: the two paths, and the fast path with opt-in switches.
 VARIANTS = {

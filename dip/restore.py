@@ -6,7 +6,7 @@ the MSE between out * m and x * m over all pixels; Adam with lr 1e-3. The author
 backtracked: every 50 iterations, if the PSNR of out * m against x * m fell by more than 5 dB since
 the last accepted check, the parameters kept at that check are copied back. Beyond the paper: a
 non-finite loss is caught at the step it happens (restore the last good state, or fail), and the
-loop's whole state can be checkpointed and resumed.
+loop's whole state can be checkpointed and resumed. One step of training is dip.trainer.Trainer.
 
 The recipe's numbers live in :mod:`dip.recipe`; the network is the caller's (e.g.
 ``dip.nets.build_network``), handed over as a module or a factory, so this module knows no architecture.
@@ -14,8 +14,6 @@ The recipe's numbers live in :mod:`dip.recipe`; the network is the caller's (e.g
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -26,15 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from dip.recipe import DIVERGENCE_POLICIES, CurvePoint, RestoreConfig
-from dip.seeding import seed_everything
 from dip.timing import IterationTimer, TimingSummary
-
-# The autocast dtype of each of dip.recipe.PRECISIONS (None: no autocast).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# The network restore() trains: a module whose weights the caller drew, or a zero-argument factory
-# that Trainer calls right after seeding (the weights then depend on the seed alone).
-Network = torch.nn.Module | Callable[[], torch.nn.Module]
+from dip.trainer import Network, Trainer, to_numpy, to_tensor
 
 
 class DivergenceError(RuntimeError):
@@ -55,172 +46,8 @@ class RestoreResult:
     resumed_at: list[int] = field(default_factory=list)  # iterations this result was resumed from
 
 
-def autocast_context(device: torch.device, precision: str, cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
-
-
-def to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(H, W) or (H, W, C) float array -> (1, C, H, W) float32 tensor."""
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim == 2:
-        array = array[..., None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].to(device)
-
-
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """(1, C, H, W) -> (H, W) if C == 1 else (H, W, C), float32."""
-    array = tensor.detach().float().cpu().numpy()[0].transpose(1, 2, 0)
-    return array[..., 0] if array.shape[2] == 1 else array
-
-
 def psnr_from_mse(mse: float) -> float:
     return -10.0 * math.log10(mse) if mse > 0 else math.inf
-
-
-def check_device(config: RestoreConfig, device: torch.device) -> None:
-    """Raise ValueError if ``config`` asks for CUDA-only execution switches on another device."""
-    cuda_only = [name for name in ("tf32", "cudnn_benchmark", "cuda_graphs") if getattr(config, name)]
-    if device.type != "cuda" and cuda_only:
-        raise ValueError(f"{', '.join(cuda_only)} need{'s' if len(cuda_only) == 1 else ''} a CUDA device")
-
-
-class Trainer:
-    """The state of one restoration and its training step, split where backtracking acts.
-
-    ``forward_backward()`` computes the loss of one perturbed input and its gradients;
-    ``optimizer_step()`` applies them. The restoration loop (and the speed benchmark) call the two in
-    turn; backtracking runs between them, as in the authors' closure.
-
-    ``network`` maps (1, config.net.in_channels, H, W) to (1, config.net.out_channels, H, W) in (0, 1);
-    whether it takes an H x W input is the caller's to check (e.g. ``dip.nets.check_input_size``). A
-    factory is called right after seeding, so the weights and then z follow from ``seed`` alone; a
-    module keeps the weights the caller drew, and z is drawn right after seeding.
-    """
-
-    def __init__(self, observed: np.ndarray, mask: np.ndarray, config: RestoreConfig, network: Network, *, seed: int,
-                 device: torch.device) -> None:
-        self.config = config
-        self.device = device
-        height, width = mask.shape
-        channels = 1 if np.ndim(observed) == 2 else observed.shape[2]
-        if np.shape(observed)[:2] != mask.shape:
-            raise ValueError(f"observed {np.shape(observed)} and mask {mask.shape} differ in size")
-        if channels != config.net.out_channels:
-            raise ValueError(f"image has {channels} channels, the network outputs {config.net.out_channels}")
-        check_device(config, device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
-            torch.backends.cudnn.allow_tf32 = config.tf32
-            torch.backends.cuda.matmul.allow_tf32 = config.tf32
-
-        # Draw everything random on the CPU generator first: same weights and z on any device.
-        seed_everything(seed)
-        net = network if isinstance(network, torch.nn.Module) else network()  # a factory draws its weights here
-        z = torch.rand(1, config.net.in_channels, height, width) * config.input_scale  # (1, 32, H, W)
-        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.net = net.to(device, memory_format=memory_format).train()
-        self.z = z.to(device).contiguous(memory_format=memory_format)
-        self.noise_gen = torch.Generator(device=device).manual_seed(seed)
-        # Reused every step. Filled through a buffer laid out in memory order: normal_ on a
-        # channels_last view takes a slow strided path on a CPU (several times slower).
-        # The entries are i.i.d., so which element gets which draw does not matter.
-        if config.channels_last:
-            self.noise_buffer = torch.empty(1, height, width, config.net.in_channels, device=device)
-            self.noise = self.noise_buffer.permute(0, 3, 1, 2)  # (1, 32, H, W) view, channels_last strides
-        else:
-            self.noise_buffer = self.noise = torch.empty_like(self.z)
-        # Likewise: z + std * noise is written into it ("fixed"), or it is the walking z ("cumulative").
-        self.net_input = self.z.clone() if config.input_noise == "cumulative" else torch.empty_like(self.z)
-        self.steps = 0
-        self.mask = to_tensor(mask, device)  # (1, 1, H, W)
-        self.x_masked = to_tensor(observed, device) * self.mask  # (1, C, H, W), dropped pixels zeroed
-        self.params = list(self.net.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=config.fused_adam or None)
-        self.scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
-        self.model = self._accelerated(self.net)
-
-    def _accelerated(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.config.compile:
-            return torch.compile(net)
-        if self.config.cuda_graphs:
-            # make_graphed_callables warms up on a side stream, then captures forward and backward;
-            # autocast's weight-cast cache must be off inside captured regions. Not run on a GPU yet.
-            with autocast_context(self.device, self.config.precision, cache_enabled=False):
-                return torch.cuda.make_graphed_callables(net, (self.net_input,))
-        return net
-
-    def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One perturbed input through the network and back. Returns (output (1, C, H, W), loss)."""
-        if self.config.input_noise == "fixed":
-            self.noise_buffer.normal_(generator=self.noise_gen)
-            torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
-        elif self.steps > 0:  # cumulative: the first step sees z itself, as in the seed reproduction
-            self.noise_buffer.normal_(generator=self.noise_gen)
-            self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
-        self.steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.config.precision, cache_enabled=not self.config.cuda_graphs):
-            out = self.model(self.net_input)
-        out = out.float()  # the loss is computed in fp32
-        loss = F.mse_loss(out * self.mask, self.x_masked)
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-        return out, loss.detach()
-
-    def optimizer_step(self) -> None:
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-
-    def restore_parameters(self, saved: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for param, kept in zip(self.params, saved):
-                param.copy_(kept)  # in place: optimiser state and captured graphs keep their tensors
-
-    def kept_parameters(self) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in self.params]
-
-    def kept_optimizer_state(self) -> dict:
-        return copy.deepcopy(self.optimizer.state_dict())  # deep: the live state tensors change in place
-
-    def restore_optimizer_state(self, kept: dict) -> None:
-        # load_state_dict keeps tensors that already have the right device and dtype: copy, or the
-        # next steps would update the kept snapshot in place.
-        self.optimizer.load_state_dict(copy.deepcopy(kept))
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        """What a resumed Trainer needs to take the same next step (live tensors: serialise at once)."""
-        return {
-            "net": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "z": self.z,
-            "net_input": self.net_input,
-            "noise_gen": self.noise_gen.get_state(),
-            "steps": self.steps,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])  # copies in place: memory format and captured graphs kept
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        with torch.no_grad():
-            self.z.copy_(state["z"])
-            self.net_input.copy_(state["net_input"])
-        self.noise_gen.set_state(state["noise_gen"].cpu())  # a generator's state is a CPU byte tensor, on any device
-        self.steps = int(state["steps"])
-
-    @torch.no_grad()
-    def final_output(self) -> torch.Tensor:
-        """The notebook's final image: one more pass on the last perturbed input, still in train mode."""
-        with autocast_context(self.device, self.config.precision):
-            return self.net(self.net_input).float()  # eager: no graph or compiled variant needed once
 
 
 @dataclass

@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.executors.jobs import last_error_line, record_submission
 from bench.executors.options import ExecutorOptions
 from bench.rundir import RunDir, try_lock
-from dip.restore import Trainer
+from dip.trainer import Trainer
 from tests.conftest import REPO_ROOT
 
 RESULT_FIELDS = ("psnr", "psnr_pasted", "final_loss", "curve", "mask_sha256", "config")

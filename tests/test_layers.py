@@ -95,17 +95,18 @@ def test_dip_modules_import_each_other_without_a_cycle():
 
 
 def test_the_network_layers_point_one_way():
-    """config <- blocks <- skipnet, seednet <- dip.nets; the method (restore) knows no network."""
+    """config <- blocks <- skipnet, seednet <- dip.nets; the method (trainer, restore) knows no network."""
     graph = dip_imports()
     assert graph["dip.nets.config"] == set()
     assert graph["dip.nets.blocks"] == {"dip.nets.config"}
     assert graph["dip.nets.skipnet"] == graph["dip.nets.seednet"] == {"dip.nets.blocks", "dip.nets.config"}
     assert graph["dip.nets"] == {"dip.nets.config", "dip.nets.skipnet", "dip.nets.seednet"}
-    assert not {m for m in graph["dip.restore"] if m == "dip.nets" or m.startswith("dip.nets.")}
+    for method in ("dip.trainer", "dip.restore"):
+        assert not {m for m in graph[method] if m == "dip.nets" or m.startswith("dip.nets.")}
 
 
 def test_every_precision_has_an_autocast_dtype():
     from dip.recipe import PRECISIONS
-    from dip.restore import AUTOCAST_DTYPES
+    from dip.trainer import AUTOCAST_DTYPES
 
     assert tuple(AUTOCAST_DTYPES) == PRECISIONS

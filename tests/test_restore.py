@@ -11,7 +11,8 @@ from dip.masks import bernoulli_mask
 from dip.metrics import psnr
 from dip.nets import SkipNetConfig, build_network
 from dip.recipe import RestoreConfig
-from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, Trainer, restore
+from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, restore
+from dip.trainer import Trainer
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
 
@@ -209,7 +210,7 @@ def test_ema_is_the_moving_average_of_the_outputs(house64):
     result = restore(image, mask, config, net_of(config), seed=0, reference=image)
     assert result.output_ema is not None and result.curve[-1].psnr_ema is not None
     # replay the two training outputs with the same seed: the EMA must equal their mean
-    from dip.restore import Trainer, to_numpy
+    from dip.trainer import Trainer, to_numpy
 
     trainer = Trainer(image, mask, config, net_of(config), seed=0, device=torch.device("cpu"))
     for _ in range(2):

@@ -1,7 +1,7 @@
 """Command line: ``python -m bench {run,status,report,readme,check,spread,power,estimate,compare,ablate,published,speed,speed-report}``.
 
 This module only parses: each command's work lives in bench.commands and is imported when that command
-runs, so reading results (report, status, compare, readme) never loads PyTorch. User errors (unknown
+runs, so reading results (report, compare, readme) never loads PyTorch. User errors (unknown
 image or flag, bad value, corrupt data) print one line and exit with status 2; cells that failed
 (diverged training) and failed regression checks exit with status 1; a stop signal exits 130 or 143.
 """

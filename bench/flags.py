@@ -18,8 +18,8 @@ import typing
 from bench.config import ALL_IMAGES, MASKS, PATHS, PROFILES, RECIPES, RunConfig
 from bench.errors import unknown_choice
 from dip.execution import PATH_CHOSEN_FIELDS
-from dip.nets.config import SkipNetConfig
-from dip.recipe import DIVERGENCE_POLICIES, PRECISIONS, RestoreConfig
+from dip.nets.config import LAYOUTS, PADDINGS, UPSAMPLE_MODES, SkipNetConfig
+from dip.recipe import DIVERGENCE_POLICIES, INPUT_NOISES, PRECISIONS, RestoreConfig
 
 # Fields that are not flags: the profile is chosen with --profile, the recipe preset with --recipe,
 # files with --image, out_channels follows the image, and the recipe's execution fields are resolved
@@ -31,17 +31,16 @@ _NOT_FLAGS = {
 }
 _SECTIONS = (("run", RunConfig), ("recipe", RestoreConfig), ("net", SkipNetConfig))
 
-# The string fields with a fixed set of values. The dataclasses validate them too (for configs built in
-# code); tests/test_config.py checks that both agree.
+# The string fields with a fixed set of values, as the dataclasses define and validate them.
 CHOICES: dict[str, tuple[str, ...]] = {
     "run.mask": MASKS,
     "run.path": PATHS,
     "run.precision": ("auto", *PRECISIONS),
     "run.on_divergence": tuple(DIVERGENCE_POLICIES),
-    "recipe.input_noise": ("fixed", "cumulative"),
-    "net.upsample_mode": ("bilinear", "bicubic", "nearest"),
-    "net.padding": ("reflection", "zeros"),
-    "net.layout": ("paper", "seed"),
+    "recipe.input_noise": INPUT_NOISES,
+    "net.upsample_mode": UPSAMPLE_MODES,
+    "net.padding": PADDINGS,
+    "net.layout": LAYOUTS,
 }
 # Open-ended values, shown as a pattern rather than checked by argparse.
 METAVARS = {"run.device": "{auto,cpu,cuda,cuda:N}"}

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, field
 from dip.execution import PRECISIONS
 from dip.nets.config import SkipNetConfig
 
-__all__ = ["DIVERGENCE_POLICIES", "PRECISIONS", "CurvePoint", "RestoreConfig"]
+__all__ = ["DIVERGENCE_POLICIES", "INPUT_NOISES", "PRECISIONS", "CurvePoint", "RestoreConfig"]
 
 # What restore() does on a non-finite loss: restore the last good state and go on, or raise.
 DIVERGENCE_POLICIES = ("backtrack", "fail")
+# How the network's input noise is drawn (RestoreConfig.input_noise).
+INPUT_NOISES = ("fixed", "cumulative")
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,8 @@ class RestoreConfig:
             raise ValueError(f"iterations must be positive, got {self.iterations}")
         if not 0 < self.lr <= 1e30:  # beyond, Adam's update overflows float32 inside the optimiser
             raise ValueError(f"lr must be in (0, 1e30], got {self.lr}")
-        if self.input_noise not in ("fixed", "cumulative"):
-            raise ValueError(f"unknown input_noise {self.input_noise!r}; choose from fixed, cumulative")
+        if self.input_noise not in INPUT_NOISES:
+            raise ValueError(f"unknown input_noise {self.input_noise!r}; choose from {', '.join(INPUT_NOISES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {sorted(PRECISIONS)}")
         for name in ("backtrack_every", "eval_every", "timer_window"):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis.summary import (
-    PAPER_ITERATIONS,
     commit_labels,
+    is_paper_budget,
     recipe_differences,
     shared_config,
     summarise,
@@ -48,22 +48,24 @@ def provenance_line(records: list[dict], report: str) -> str:
     config = shared_config(records)
     recipe, prov = config["recipe"], records[0]["provenance"]
     seeds = sorted({r["seed"] for r in records})
-    crop = f"{config['crop']}x{config['crop']} centre crops" if config["crop"] else "full images"
     dates = sorted(r["provenance"]["timestamp"][:10] for r in records)
-    return (f"Profile `{config['profile']}` ({config.get('recipe_name', 'paper')} recipe): {crop}, {recipe['iterations']} "
+    return (f"Profile `{config['profile']}` ({config.get('recipe_name', 'paper')} recipe): {_crop(config)}, {recipe['iterations']} "
             f"iterations, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, mask {config['mask']}; "
             f"{execution_path(recipe)} path ({recipe['precision']}); {prov['device_name']}, "
             f"{prov['torch_threads']} threads, torch {prov['torch']}; commit {', '.join(commit_labels(records))}; "
             f"run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}. Full report with every column: [{report}]({report}).")
 
 
+def _crop(config: dict) -> str:
+    return f"{config['crop']}x{config['crop']} centre crops" if config["crop"] else "full images"
+
+
 def comparability_note(records: list[dict]) -> str:
     config = shared_config(records)
-    if config["crop"] == 0 and config["recipe"]["iterations"] == PAPER_ITERATIONS and not recipe_differences(config):
-        return "The paper's protocol (full images, 11000 iterations, the paper's recipe): Δ is the reproduction gap."
-    crop = f"{config['crop']}x{config['crop']} centre crops" if config["crop"] else "full images"
     recipe = recipe_differences(config)
-    return (f"**Not comparable to Table 1**: {crop}, {config['recipe']['iterations']} iterations"
+    if is_paper_budget(config) and not recipe:
+        return "The paper's protocol (full images, 11000 iterations, the paper's recipe): Δ is the reproduction gap."
+    return (f"**Not comparable to Table 1**: {_crop(config)}, {config['recipe']['iterations']} iterations"
             + (f", a recipe that differs in {', '.join(recipe)}" if recipe else "")
             + " instead of the paper's protocol; the Table 1 column is for orientation and Δ is not a reproduction gap.")
 
@@ -75,17 +77,21 @@ def results_block(records: list[dict], report: str) -> str:
     return "\n\n".join([START, comparability_note(records), results_table(records), provenance_line(records, report), END])
 
 
+def _block_span(text: str, name: str) -> tuple[int, int]:
+    """Where the block (markers included) starts and ends in ``text``; ``name`` says which file it is."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise BenchError(f"{name} has no results markers; add the two marker lines where the table goes")
+    return start, end + len(END)
+
+
 def replace_block(readme: str, block: str) -> str:
     """``readme`` with the text between the markers replaced by ``block``."""
-    start, end = readme.find(START), readme.find(END)
-    if start < 0 or end < start:
-        raise BenchError("README.md has no results markers; add the two marker lines where the table goes")
-    return readme[:start] + block + readme[end + len(END):]
+    start, end = _block_span(readme, "README.md")
+    return readme[:start] + block + readme[end:]
 
 
 def current_block(readme_path: Path) -> str:
     text = readme_path.read_text()
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start:
-        raise BenchError(f"{readme_path} has no results markers")
-    return text[start:end + len(END)]
+    start, end = _block_span(text, str(readme_path))
+    return text[start:end]

@@ -159,6 +159,11 @@ PAPER_ITERATIONS = RestoreConfig().iterations
 _NOT_PROTOCOL = set(EXECUTION_FIELDS) | {"iterations", "eval_every", "ema_decay", "timer_warmup", "timer_window"}
 
 
+def is_paper_budget(config: dict) -> bool:
+    """Full images and the paper's 11000 iterations (whatever the recipe)."""
+    return config["crop"] == 0 and config["recipe"]["iterations"] == PAPER_ITERATIONS
+
+
 def recipe_differences(config: dict) -> list[str]:
     """Where a run's recipe (as stored in its records) departs from the paper's: ``["lr 0.01", ...]``.
     Network fields are compared too, except the output channels (they follow the image)."""

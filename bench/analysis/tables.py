@@ -9,9 +9,9 @@ import pandas as pd
 from bench.analysis.summary import (
     ESTIMATE_COLUMNS,
     EXTRA_COLUMNS,
-    PAPER_ITERATIONS,
     aligned,
     commit_labels,
+    is_paper_budget,
     recipe_differences,
 )
 from dip.execution import execution_path
@@ -105,9 +105,8 @@ def header(records: list[dict], config: dict) -> str:
         f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
-    budget_differs = recipe["iterations"] != PAPER_ITERATIONS or config["crop"] != 0
     recipe_differs = recipe_differences(config)
-    if budget_differs:
+    if not is_paper_budget(config):
         lines += [
             "",
             f"> **Not comparable to Table 1.** This run uses "

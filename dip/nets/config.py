@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The values of SkipNetConfig's string fields (the command line offers exactly these).
+UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest")
+PADDINGS = ("reflection", "zeros")
+LAYOUTS = ("paper", "seed")
+
 
 @dataclass(frozen=True)
 class SkipNetConfig:
@@ -35,12 +40,12 @@ class SkipNetConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.channels_skip < 0:
             raise ValueError(f"channels_skip must be >= 0, got {self.channels_skip}")
-        if self.upsample_mode not in ("bilinear", "bicubic", "nearest"):
+        if self.upsample_mode not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample_mode {self.upsample_mode!r}")
-        if self.padding not in ("reflection", "zeros"):
+        if self.padding not in PADDINGS:
             raise ValueError(f"unknown padding {self.padding!r}")
-        if self.layout not in ("paper", "seed"):
-            raise ValueError(f"unknown layout {self.layout!r}; choose from paper, seed")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
         if self.layout == "seed" and self.channels_skip < 1:
             raise ValueError("the seed layout needs channels_skip >= 1: its decoder starts from the deepest skip")
 

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--gate", action="store_true",
                       help="exit 1 if the speed-up is below the gate for the fast path's precision here "
                            "(bf16: 1.8x; fp32, where the CPU or an instruction-set cap rules bf16 out: 0.8x)")
+    speed_p.add_argument("--authors", action="store_true",
+                         help="also time the authors' network and loop (bench/authors.py) and print the fast path's ratio to it")
     speed_p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                          help="auto (default; cuda if available, else cpu), cpu, cuda or cuda:N")
 

@@ -13,6 +13,7 @@ import cpuinfo
 import numpy as np
 import torch
 
+from bench.analysis.check import cpu_kind_label
 from bench.data import REPO_ROOT
 
 # Environment variables that cap the instruction sets oneDNN and ATen use (emulating another CPU kind).
@@ -49,6 +50,13 @@ def cpu_model() -> str:
 def cpu_vendor() -> str:
     """'GenuineIntel', 'AuthenticAMD', ... (the bf16 kernels, and so the last bits of a result, differ by kind)."""
     return _cpu_info().get("vendor_id_raw") or "unknown"
+
+
+def cpu_kind() -> str:
+    """This CPU's vendor and kind, e.g. 'AuthenticAMD, AVX2, no fast bf16' (an instruction-set cap is not applied)."""
+    kind = cpu_kind_label(bool(torch.cpu._is_amx_tile_supported()), bool(torch.cpu._is_avx512_bf16_supported()),
+                          torch.backends.cpu.get_cpu_capability())
+    return f"{cpu_vendor()}, {kind}"
 
 
 def device_name(device: torch.device) -> str:

@@ -1,4 +1,5 @@
-"""Speed of one training iteration, reference path vs fast path, measured in one process.
+"""Speed of one training iteration, reference path vs fast path, and the authors' code as the anchor,
+measured in one process.
 
 Used by the pytest-benchmark suite (``make speed``), by the ratio gate that CI runs
 (``python -m bench speed --gate``: 1.8x where the fast path runs bf16, 0.8x where fp32), and for the operator profile in ``reports/speed.md``.
@@ -15,6 +16,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from bench.authors import AuthorsStep
 from bench.config import build_config
 from bench.execution import cell_recipe, resolve_device
 from dip.nets import build_network
@@ -35,14 +37,24 @@ def path_recipe(path: str, device: torch.device, base: str = "paper") -> Restore
     return cell_recipe(build_config(base, VARIANTS[path]), device, out_channels=1)
 
 
-def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> Trainer:
-    """A Trainer on a fixed random image and bernoulli mask of size x size (the paper network)."""
-    device = resolve_device(str(device))
+def speed_input(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed random image and bernoulli mask, (size, size) each, that every timed step trains on."""
     rng = np.random.default_rng(derived_seed(0, f"speed/{size}"))
     image = rng.random((size, size), dtype=np.float32)
     mask = (rng.random((size, size)) < 0.5).astype(np.float32)
+    return image, mask
+
+
+def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> Trainer:
+    """A Trainer of the paper network on :func:`speed_input`."""
+    device = resolve_device(str(device))
     recipe = path_recipe(path, device)
-    return Trainer(image, mask, recipe, partial(build_network, recipe.net), seed=0, device=device)
+    return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=0, device=device)
+
+
+def make_anchor(size: int, device: torch.device | str = "auto") -> AuthorsStep:
+    """The authors' network and step (bench.authors) on :func:`speed_input`."""
+    return AuthorsStep(*speed_input(size), seed=0, device=resolve_device(str(device)))
 
 
 def train_step(trainer: Trainer) -> None:
@@ -53,13 +65,19 @@ def train_step(trainer: Trainer) -> None:
         torch.cuda.synchronize(trainer.device)
 
 
-def time_steps(trainer: Trainer, steps: int) -> float:
+def anchor_step(anchor: AuthorsStep) -> None:
+    """One iteration of the authors' loop (it reads the loss on the host, so it ends synchronised)."""
+    anchor.step()
+
+
+def time_steps(trainer: Trainer | AuthorsStep, steps: int) -> float:
     """Seconds per step over ``steps`` consecutive steps (one clock read each side)."""
+    step = anchor_step if isinstance(trainer, AuthorsStep) else train_step
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
-        train_step(trainer)
+        step(trainer)
     return (time.perf_counter() - start) / steps
 
 
@@ -72,15 +90,24 @@ class RatioMeasurement:
     steps_per_round: int
     reference_precision: str
     fast_precision: str
+    authors_s: float | None = None  # the authors' code (bench.authors), when it was timed too
 
     @property
     def ratio(self) -> float:
         return self.reference_s / self.fast_s
 
+    @property
+    def fast_vs_authors(self) -> float | None:
+        return None if self.authors_s is None else self.authors_s / self.fast_s
 
-def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, device: str = "auto") -> RatioMeasurement:
-    """Reference and fast path timed in alternating rounds, so both see the same machine load."""
-    trainers = {path: make_trainer(path, size, device) for path in ("reference", "fast")}
+
+def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, device: str = "auto",
+                  authors: bool = False) -> RatioMeasurement:
+    """Reference and fast path (and with ``authors`` the authors' code) timed in alternating rounds, so
+    all see the same machine load."""
+    trainers: dict[str, Trainer | AuthorsStep] = {path: make_trainer(path, size, device) for path in ("reference", "fast")}
+    if authors:
+        trainers["authors"] = make_anchor(size, device)
     for trainer in trainers.values():
         time_steps(trainer, warmup)
     samples: dict[str, list[float]] = {path: [] for path in trainers}
@@ -95,6 +122,7 @@ def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, d
         steps_per_round=steps,
         reference_precision=trainers["reference"].config.precision,
         fast_precision=trainers["fast"].config.precision,
+        authors_s=statistics.median(samples["authors"]) if authors else None,
     )
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from bench.analysis import check, fingerprint
+from bench.analysis.check import cpu_kind_label
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.records import load_records, write_json_atomic, write_text_atomic
@@ -121,7 +122,7 @@ def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[dict]], refer
 def render_spread(spread: dict) -> str:
     """Markdown: what each variant moved, and the tolerances that follow."""
     prov, out, tol = spread["provenance"], spread["outcome"], spread["tolerance"]
-    kind = "AMX" if prov["cpu_amx"] else ("AVX-512 BF16, no AMX" if prov["cpu_avx512_bf16"] else "no fast bf16")
+    kind = cpu_kind_label(prov["cpu_amx"], prov["cpu_avx512_bf16"], prov.get("cpu_capability", "?"))
     lines = [
         "# How far rounding moves the regression check",
         "",

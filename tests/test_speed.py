@@ -1,20 +1,25 @@
 """The speed tooling: what it measures and how it reports, never how fast this machine is."""
 
+import math
+
 import pytest
 import torch
 
 import bench.speed
 from bench.analysis.speed_report import render_speed, speed_table
+from bench.authors import authors_skip
 from bench.cli import main
 from bench.errors import BenchError
-from bench.speed import RatioMeasurement, make_trainer, operator_profile, time_steps
+from bench.speed import RatioMeasurement, make_anchor, make_trainer, operator_profile, time_steps
+from dip.nets import SkipNetConfig, build_network, count_parameters
 
 
 def fake_benchmark(path: str, size: int, median_s: float, gflop: float) -> dict:
     return {
         "stats": {"median": median_s, "rounds": 5},
-        "extra_info": {"path": path, "size": size, "precision": "fp32" if path == "reference" else "bf16",
-                       "channels_last": path == "fast", "fused_adam": path == "fast", "gflop_per_iter": gflop},
+        "extra_info": {"path": path, "size": size, "precision": "bf16" if path == "fast" else "fp32",
+                       "channels_last": path == "fast", "fused_adam": path == "fast", "gflop_per_iter": gflop,
+                       "cpu_kind": "TestVendor, AVX2, no fast bf16"},
     }
 
 
@@ -23,6 +28,7 @@ DATA = {
     "commit_info": {"id": "0123456789abcdef", "dirty": False, "time": "2026-11-24T05:00:00+00:00"},
     "datetime": "2026-11-24T05:10:00",
     "benchmarks": [
+        fake_benchmark("authors", 256, 1.6, 115.0),
         fake_benchmark("reference", 256, 1.2, 115.0),
         fake_benchmark("fast", 256, 0.4, 115.0),
         fake_benchmark("reference", 128, 0.25, 28.75),
@@ -37,12 +43,20 @@ def test_speed_table_ratios_and_throughput():
     assert list(frame["size"]) == ["128x128", "256x256"]
     assert list(frame["ratio"]) == pytest.approx([2.0, 3.0])
     assert list(frame["fast_gflops"]) == pytest.approx([230.0, 287.5])
+    assert frame["fast_vs_authors"].isna().tolist() == [True, False]  # the anchor was timed at 256 only here
+    assert frame["fast_vs_authors"].iloc[1] == pytest.approx(4.0)
+    assert frame["reference_vs_authors"].iloc[1] == pytest.approx(1.6 / 1.2)
 
 
 def test_speed_report_text():
     profiles = {"fast": [{"operator": "aten::conv2d", "ms_per_step": 12.5, "share": 0.25, "calls_per_step": 40}]}
     text = render_speed(DATA, profiles, 256)
     assert "| 256x256 |" in text and "3.00x" in text and "Test CPU" in text and "0123456789ab" in text
+    assert "(TestVendor, AVX2, no fast bf16)" in text
+    row256 = next(line for line in text.splitlines() if line.startswith("| 256x256"))
+    assert [c.strip() for c in row256.split("|")[1:7]] == ["256x256", "1600.0", "1200.0", "400.0", "4.00x", "3.00x"]
+    row128 = next(line for line in text.splitlines() if line.startswith("| 128x128"))
+    assert [c.strip() for c in row128.split("|")[1:3]] == ["128x128", "n/a"]
     assert "- `fast+compile` at 128x128: 250.0 ms/iter, 0.50x the fast path's speed" in text
     row = next(line for line in text.splitlines() if "aten::conv2d" in line)
     assert [c.strip() for c in row.split("|")[1:-1]] == ["aten::conv2d", "12.5", "25.0%", "40"]
@@ -55,15 +69,34 @@ def test_speed_table_needs_both_paths():
 
 @pytest.mark.parametrize("ratio, code", [(2.5, 0), (1.5, 1)])
 def test_ratio_gate_fails_below_the_threshold(monkeypatch, capsys, ratio, code):
-    def fake(size, rounds, steps, device):
+    def fake(size, rounds, steps, device, authors):
         return RatioMeasurement(size, reference_s=ratio * 0.4, fast_s=0.4, rounds=rounds, steps_per_round=steps,
-                                reference_precision="fp32", fast_precision="bf16")
+                                reference_precision="fp32", fast_precision="bf16", authors_s=2.0 if authors else None)
 
     monkeypatch.setattr(bench.speed, "measure_ratio", fake)
-    assert main(["speed", "--size", "256", "--min-ratio", "1.8"]) == code
+    assert main(["speed", "--size", "256", "--min-ratio", "1.8", "--authors"]) == code
     out = capsys.readouterr().out
     assert f"speed-up {ratio:.2f}x" in out
+    assert "the authors' code (fp32, eager) 2000 ms/iter: fast path 5.00x" in out
     assert ("FAIL" in out) == (code == 1)
+
+
+def test_authors_network_is_the_paper_network():
+    """The anchor times the same function: with SkipNet's weights copied in, the outputs are equal."""
+    net = build_network(SkipNetConfig())
+    anchor = authors_skip(SkipNetConfig())
+    assert count_parameters(anchor) == count_parameters(net) == 2_217_573
+    with torch.no_grad():
+        for theirs, ours in zip(anchor.parameters(), net.parameters()):
+            theirs.copy_(ours)  # raises on a shape mismatch: the parameter order is the same
+        z = torch.rand(1, 32, 64, 64)
+        torch.testing.assert_close(anchor(z), net(z), rtol=0, atol=1e-6)
+
+
+def test_authors_step_trains():
+    anchor = make_anchor(64, "cpu")
+    losses = [anchor.step() for _ in range(5)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
 def test_both_paths_train_the_same_network_differently():

@@ -21,6 +21,15 @@ from dip.execution import EXECUTION_FIELDS
 # tolerances were measured across them.
 
 
+def cpu_kind_label(amx: bool, avx512_bf16: bool, capability: str) -> str:
+    """The CPU kind that decides bf16 speed and rounding: 'AMX', 'AVX-512 BF16, no AMX' or e.g. 'AVX2, no fast bf16'."""
+    if amx:
+        return "AMX"
+    if avx512_bf16:
+        return "AVX-512 BF16, no AMX"
+    return f"{capability}, no fast bf16"
+
+
 def per_image_psnr(records: list[dict]) -> dict[str, float]:
     """Mean PSNR over seeds, per image."""
     images = dict.fromkeys(r["image"] for r in records)

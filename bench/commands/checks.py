@@ -80,12 +80,15 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.steps < 1:
         raise BenchError("--rounds and --steps must be >= 1")
     check_size(args.size)
-    m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device)
+    m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device, authors=args.authors)
     print(
         f"{m.size}x{m.size}: reference ({m.reference_precision}) {m.reference_s * 1e3:.0f} ms/iter, "
         f"fast ({m.fast_precision}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
         f"(median of {m.rounds} alternating rounds of {m.steps_per_round} steps)"
     )
+    if m.authors_s is not None:
+        print(f"{m.size}x{m.size}: the authors' code (fp32, eager) {m.authors_s * 1e3:.0f} ms/iter: "
+              f"fast path {m.fast_vs_authors:.2f}x, reference path {m.authors_s / m.reference_s:.2f}x its speed")
     required = SPEED_GATES[m.fast_precision] if args.gate else args.min_ratio
     if required is not None and m.ratio < required:
         print(f"FAIL speed-up {m.ratio:.2f}x is below the required {required:g}x")

@@ -18,6 +18,7 @@ from bench.errors import BenchError, RunStopped
 from bench.executors.options import EXECUTORS
 from bench.flags import OneLineParser, add_config_flags
 from bench.paths import GOLDENS_DIR, README_RUN, REPORTS_DIR, RUNS_DIR
+from bench.progress import LOG_EVERY_S
 
 # command -> (module under bench.commands, function): imported only when the command runs.
 COMMANDS = {
@@ -37,6 +38,16 @@ COMMANDS = {
 }
 
 
+def non_negative_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"need a finite number of seconds >= 0, got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
     run_p.add_argument("--publish", action="store_true", help="also write reports/<profile>.md and its records")
     run_p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    run_p.add_argument("--log-every", type=non_negative_seconds, metavar="SECONDS", default=LOG_EVERY_S,
+                       help=f"without bars (no terminal, or --no-progress): a status line per cell every this many "
+                            f"seconds, 0 for none (default {LOG_EVERY_S:g})")
     _add_with(run_p)
     add_config_flags(run_p)
     ex = run_p.add_argument_group("where the cells run (none of it changes a result)")

@@ -42,9 +42,3 @@ def estimate_seconds(config: RunConfig, ms_per_iter: dict[tuple[int, int], float
     return per_seed_ms * config.recipe.iterations * len(config.seeds) / 1e3
 
 
-def human_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

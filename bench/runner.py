@@ -15,7 +15,7 @@ from bench.config import RunConfig
 from bench.errors import RunStopped
 from bench.execution import resolve_device
 from bench.plan import Cell, failed_record, is_done, plan_run
-from bench.progress import Progress
+from bench.progress import LOG_EVERY_S, Progress
 from bench.records import read_record
 from bench.rundir import try_lock
 from bench.stop import StopRequest
@@ -35,19 +35,20 @@ def collect(cells: list[Cell]) -> RunOutcome:
 
 
 def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool = True, reuse_from: Path | None = None,
-        wait_for_others: bool = True) -> RunOutcome:
+        wait_for_others: bool = True, log_every: float = LOG_EVERY_S) -> RunOutcome:
     """Run every cell of ``config`` that has no complete record yet; return the run's records.
 
     ``reuse_from``: another results directory whose records of identical cells are copied, not re-run.
     A cell locked by another process (a second run into the same directory) is left to it and, with
     ``wait_for_others``, waited for at the end. A cell whose training diverges beyond repair gets a
     failed record and the run goes on. SIGINT/SIGTERM stop the run after the current step with a
-    checkpoint (raises RunStopped).
+    checkpoint (raises RunStopped). Without bars (``progress`` False or no terminal) each cell prints a
+    status line every ``log_every`` seconds.
     """
     device = resolve_device(config.device)
     cells, todo = plan_run(config, data_dir, results_dir, reuse_from=reuse_from, device=device)
     iterations = cells[0].recipe.iterations
-    with StopRequest() as stop, Progress(len(todo) * iterations, progress) as bars:
+    with StopRequest() as stop, Progress(len(todo) * iterations, progress, log_every) as bars:
         session = Session(config, device, bars, stop)
         busy = [cell for cell in todo if not train_if_free(cell, session)]
         for cell in busy:

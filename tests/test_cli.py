@@ -11,7 +11,7 @@ import pytest
 from bench.cli import build_parser, main
 from bench.commands.common import config_overrides
 from bench.config import build_config
-from bench.estimate import human_duration
+from bench.progress import human_duration
 from bench.flags import CHOICES
 from tests.conftest import REPO_ROOT
 

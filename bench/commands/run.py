@@ -13,7 +13,8 @@ from bench.commands.common import config_overrides, parse_others
 from bench.config import build_config
 from bench.data import data_dir
 from bench.errors import BenchError
-from bench.estimate import estimate_seconds, human_duration, measure_ms_per_iter
+from bench.estimate import estimate_seconds, measure_ms_per_iter
+from bench.progress import human_duration
 from bench.execution import cell_recipe, resolve_device
 from bench.executors.execute import Finished, Submitted, execute
 from bench.executors.options import ExecutorOptions
@@ -64,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
     if others:
         check_others_match(config, others)
-    result = execute(config, options, data_dir(args.data_dir), results_dir, progress=args.progress)
+    result = execute(config, options, data_dir(args.data_dir), results_dir, progress=args.progress, log_every=args.log_every)
     if isinstance(result, Submitted):
         return say_submitted(result, results_dir)
     return report_finished(result, config, args, others, results_dir)

@@ -33,7 +33,8 @@ def cmd_published(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from bench.estimate import estimate_seconds, human_duration, measure_ms_per_iter
+    from bench.estimate import estimate_seconds, measure_ms_per_iter
+    from bench.progress import human_duration
 
     config = build_config(args.profile, config_overrides(args))
     measured = measure_ms_per_iter(config)

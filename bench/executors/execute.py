@@ -8,6 +8,7 @@ from pathlib import Path
 from bench.config import RunConfig
 from bench.executors.options import ExecutorOptions
 from bench.plan import Cell
+from bench.progress import LOG_EVERY_S
 from bench.runner import RunOutcome, run
 
 
@@ -27,8 +28,10 @@ class Submitted:
     entries: list[dict]  # the jobs submitted now (empty: every cell already had a complete record)
 
 
-def execute(config: RunConfig, options: ExecutorOptions, data_dir: Path, results_dir: Path, progress: bool = True) -> Finished | Submitted:
-    """Run or submit every cell of ``config`` that has no complete record, as ``options`` says."""
+def execute(config: RunConfig, options: ExecutorOptions, data_dir: Path, results_dir: Path, progress: bool = True,
+            log_every: float = LOG_EVERY_S) -> Finished | Submitted:
+    """Run or submit every cell of ``config`` that has no complete record, as ``options`` says.
+    ``log_every``: seconds between status lines when no bars are shown (inline executor)."""
     if options.executor == "slurm":
         from bench.executors.slurm import execute_slurm
 
@@ -37,4 +40,4 @@ def execute(config: RunConfig, options: ExecutorOptions, data_dir: Path, results
         from bench.executors.local import execute_local
 
         return Finished(*execute_local(config, options, data_dir, results_dir, progress))
-    return Finished(run(config, data_dir, results_dir, progress=progress))
+    return Finished(run(config, data_dir, results_dir, progress=progress, log_every=log_every))

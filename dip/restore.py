@@ -125,11 +125,15 @@ def restore(
     ``reference`` (the ground truth) only feeds the PSNR curve. ``callback(i, point)`` is called after
     every iteration i, with a :class:`CurvePoint` at evaluation iterations and None otherwise.
 
-    Every step's loss is read on the host (one sync per step: the price of catching a non-finite loss
-    before the optimiser applies its gradients; a NaN anywhere in the output makes the masked loss NaN
-    too, since NaN * 0 is NaN). ``on_divergence``: "fail" raises :class:`DivergenceError`; "backtrack"
-    restores the parameters and Adam's state of the last accepted check, skips that step and goes on,
-    up to :data:`MAX_RESTORES_PER_CHECK` times per kept state. ``checkpointing`` saves the loop's state
+    The host reads the loss only at the checks (every ``backtrack_every``), the evaluation points and
+    the last iteration: one synchronisation there reads every loss since the last one. Between them a
+    non-finite loss or gradient is guarded on the device: fused Adam (and a GradScaler) skip that update;
+    plain Adam applies it, which leaves NaN in the parameters until the next read (a NaN anywhere in the
+    output makes the masked loss NaN too, since NaN * 0 is NaN). ``on_divergence``: "fail" raises
+    :class:`DivergenceError` at the next read, naming the first non-finite iteration; "backtrack" records
+    those iterations, and where the step read is itself non-finite restores the parameters and Adam's
+    state of the last accepted check, skips that step and reads every step until a check accepts again,
+    giving up after :data:`MAX_RESTORES_PER_CHECK` restores of one kept state. ``checkpointing`` saves the loop's state
     every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
     resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
     """
@@ -153,34 +157,21 @@ def restore(
     if ckpt.resume is not None:
         timer.load_state_dict(ckpt.resume["timer"])
     timer.start()
+    pending: list[tuple[int, torch.Tensor]] = []  # (iteration, loss) of the steps not yet read on the host
     for i in range(loop.next_iteration, config.iterations):
         out, loss = trainer.forward_backward()
-        loss_value = float(loss)
         point = None
-        if not math.isfinite(loss_value):
-            if on_divergence == "fail":
-                raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
-            loop.restores_since_check += 1
-            if loop.restores_since_check > MAX_RESTORES_PER_CHECK:
-                raise DivergenceError(
-                    f"training diverged: non-finite loss at iteration {i}, the {MAX_RESTORES_PER_CHECK + 1}th since "
-                    f"the last good state was kept; restoring it does not help"
-                )
-            trainer.restore_parameters(loop.kept)
-            trainer.restore_optimizer_state(loop.kept_optimizer)
-            loop.divergences.append(i)  # no optimiser step: its gradients are not finite
+        if _is_look(i, config, loop, checks):
+            _read_pending(pending, loop, on_divergence)
+            point = _step_seen(trainer, loop, config, i, out, loss, ref, checks, on_divergence)
         else:
-            loop.final_loss = loss_value
-            if config.ema_decay > 0:
-                o = out.detach()
-                loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - config.ema_decay)
-            point = _check_and_evaluate(trainer, loop, config, i, loss_value, out, ref, checks)
-            # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
-            trainer.optimizer_step()
+            _step_unseen(trainer, loop, config, out, loss)
+            pending.append((i, loss))
         timer.tick()
         if callback is not None:
             callback(i, point)
-        _maybe_checkpoint(trainer, loop, timer, ckpt, i + 1, config.iterations)
+        _maybe_checkpoint(trainer, loop, timer, ckpt, i + 1, config.iterations,
+                          read_pending=lambda: _read_pending(pending, loop, on_divergence))
     timing = timer.summary()
 
     final = trainer.final_output()
@@ -198,6 +189,73 @@ def restore(
         divergences=loop.divergences,
         resumed_at=loop.resumed_at,
     )
+
+
+def _is_look(i: int, config: RestoreConfig, loop: _LoopState, checks: bool) -> bool:
+    """Whether iteration i reads its loss on the host: at the checks, the evaluation points and the last
+    iteration; at every step while recovering from a restored state; and before the first EMA exists."""
+    return (
+        (checks and i % config.backtrack_every == 0)
+        or i % config.eval_every == 0
+        or i == config.iterations - 1
+        or loop.restores_since_check > 0
+        or (config.ema_decay > 0 and loop.ema is None)
+    )
+
+
+def _step_unseen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, out: torch.Tensor, loss: torch.Tensor) -> None:
+    """A step whose loss stays on the device: the optimiser step (skipped on the device if the loss or a
+    gradient is not finite, where the optimiser can) and the EMA (only from finite outputs)."""
+    trainer.optimizer_step()
+    if config.ema_decay > 0:
+        finite = torch.isfinite(loss)
+        loop.ema = torch.where(finite, loop.ema.lerp(out.detach(), 1.0 - config.ema_decay), loop.ema)
+
+
+def _read_pending(pending: list[tuple[int, torch.Tensor]], loop: _LoopState, on_divergence: str) -> None:
+    """Read the losses of the unseen steps (one host synchronisation) and record the non-finite ones.
+
+    Their updates were skipped on the device (fused Adam, GradScaler) or, with plain Adam, wrote NaN into
+    the parameters: then the step read next is non-finite too, and :func:`_step_seen` restores."""
+    if not pending:
+        return
+    values = torch.stack([loss for _, loss in pending]).tolist()
+    bad = [i for (i, _), value in zip(pending, values) if not math.isfinite(value)]
+    finite = [value for value in values if math.isfinite(value)]
+    pending.clear()
+    if bad and on_divergence == "fail":
+        raise DivergenceError(f"training diverged: non-finite loss at iteration {bad[0]}")
+    loop.divergences.extend(bad)
+    if finite:
+        loop.final_loss = finite[-1]
+
+
+def _step_seen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, i: int, out: torch.Tensor, loss: torch.Tensor,
+               ref: torch.Tensor | None, checks: bool, on_divergence: str) -> CurvePoint | None:
+    """A step whose loss is read on the host: a non-finite one restores the last good state (or fails);
+    a finite one gets the check, the curve point and the optimiser step."""
+    loss_value = float(loss)
+    if not math.isfinite(loss_value):
+        if on_divergence == "fail":
+            raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
+        loop.restores_since_check += 1
+        if loop.restores_since_check > MAX_RESTORES_PER_CHECK:
+            raise DivergenceError(
+                f"training diverged: non-finite loss at iteration {i}, the {MAX_RESTORES_PER_CHECK + 1}th since "
+                f"the last good state was kept; restoring it does not help"
+            )
+        trainer.restore_parameters(loop.kept)
+        trainer.restore_optimizer_state(loop.kept_optimizer)
+        loop.divergences.append(i)  # no optimiser step: its gradients are not finite
+        return None
+    loop.final_loss = loss_value
+    if config.ema_decay > 0:
+        o = out.detach()
+        loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - config.ema_decay)
+    point = _check_and_evaluate(trainer, loop, config, i, loss_value, out, ref, checks)
+    # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
+    trainer.optimizer_step()
+    return point
 
 
 def _check_and_evaluate(trainer: Trainer, loop: _LoopState, config: RestoreConfig, i: int, loss_value: float,
@@ -224,11 +282,12 @@ def _check_and_evaluate(trainer: Trainer, loop: _LoopState, config: RestoreConfi
 
 
 def _maybe_checkpoint(trainer: Trainer, loop: _LoopState, timer: IterationTimer, ckpt: Checkpointing,
-                      done: int, iterations: int) -> None:
+                      done: int, iterations: int, read_pending: Callable[[], None]) -> None:
     """Save after ``done`` iterations if one is due or a stop was requested; raise TrainingStopped on a stop."""
     stop = ckpt.stop_requested()
     due = ckpt.every > 0 and done % ckpt.every == 0 and done < iterations
     if ckpt.save is not None and (due or (stop and done < iterations)):
+        read_pending()  # a saved state holds no unread steps
         loop.next_iteration = done
         with timer.paused():  # writing the file is not an iteration's time
             ckpt.save({"trainer": trainer.state_dict(), "loop": loop.to_dict(), "timer": timer.state_dict()})

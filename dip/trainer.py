@@ -2,7 +2,8 @@
 
 :class:`Trainer` holds the network, Adam, the fixed input z and the noise generator; one iteration is
 ``forward_backward()`` (the masked MSE of one perturbed input and its gradients) then
-``optimizer_step()``. The loop around it (evaluation, backtracking, divergence, checkpoints, timing)
+``optimizer_step()``, which leaves the state unchanged on the device when the loss or a gradient is
+not finite, where the optimiser can (fused Adam, or a GradScaler): no host read per step. The loop around it (evaluation, backtracking, divergence, checkpoints, timing)
 is :func:`dip.restore.restore`; the speed benchmark times the step alone.
 """
 
@@ -109,7 +110,19 @@ class Trainer:
         self.params = list(self.net.parameters())
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=config.fused_adam or None)
         self.scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
+        # 1.0 where the last step's loss or a gradient was not finite; fused Adam then skips its update
+        # (and its step count) on the device, as under a GradScaler, so no host read is needed to guard it.
+        self.found_inf = torch.zeros((), device=device)
+        self._unit_scale = torch.ones((), device=device)
+        if config.fused_adam and self.scaler is None:
+            self.optimizer.found_inf = self.found_inf  # read by torch.optim.Adam.step for fused kernels
         self.model = self._accelerated(self.net)
+
+    @property
+    def skips_non_finite_steps(self) -> bool:
+        """Whether ``optimizer_step`` leaves the state as it was after a non-finite loss or gradient
+        (fused Adam or a GradScaler). Plain Adam cannot: its update then writes NaN into the parameters."""
+        return self.scaler is not None or self.config.fused_adam
 
     def _accelerated(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.config.compile:
@@ -136,7 +149,16 @@ class Trainer:
         out = out.float()  # the loss is computed in fp32
         loss = F.mse_loss(out * self.mask, self.x_masked)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler is None and self.config.fused_adam:
+            self._find_non_finite(loss)
         return out, loss.detach()
+
+    def _find_non_finite(self, loss: torch.Tensor) -> None:
+        """found_inf <- 1.0 if the loss or any gradient is not finite, computed on the device."""
+        self.found_inf.copy_(torch.isfinite(loss.detach()).logical_not())
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # GradScaler's fused check (it also multiplies by the inverse scale, here exactly 1)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self._unit_scale)
 
     def optimizer_step(self) -> None:
         if self.scaler:

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where the check trains (emptied first; default runs/check)")
     check_p.add_argument("--goldens-dir", type=Path, metavar="DIR", default=GOLDENS_DIR, help="default reports/baselines")
     check_p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON here")
+    check_p.add_argument("--images", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=(),
+                         metavar="A,B", help="fingerprint part only: check these of its images (default: all three)")
     check_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
 
     spread_p = commands.add_parser("spread", help="measure how far CPU kernels and thread counts move the check's "

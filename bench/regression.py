@@ -47,12 +47,14 @@ def golden_path(part: str, goldens_dir: Path = GOLDENS_DIR) -> Path:
     return goldens_dir / f"{PARTS[part]}.json"
 
 
-def fresh_run(part: str, data_dir: Path, work_dir: Path) -> list[dict]:
-    """Train ``part``'s profile on the CPU into an emptied ``work_dir/<profile>``; its complete records."""
+def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...] = ()) -> list[dict]:
+    """Train ``part``'s profile (only ``images`` of it, if given) on the CPU into an emptied
+    ``work_dir/<profile>``; its complete records."""
     profile = PARTS[part]
     results = work_dir / profile
     shutil.rmtree(results, ignore_errors=True)  # stale records of another configuration must not be compared
-    outcome = run(build_config(profile, {"run.device": "cpu"}), data_dir, results, progress=False)
+    overrides = {"run.device": "cpu", **({"run.images": images} if images else {})}
+    outcome = run(build_config(profile, overrides), data_dir, results, progress=False)
     if outcome.failures:
         reasons = "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures)
         raise BenchError(f"{profile}: {len(outcome.failures)} cell(s) failed to train ({reasons})")
@@ -76,7 +78,8 @@ def check_fingerprint(records: list[dict], golden: dict) -> PartResult:
         lines.append(f"... and {len(misses) - 10} more points outside their tolerance")
     closest = max(points, key=lambda p: p.ratio)
     margin = math.inf if problems else closest.ratio
-    summary = (f"fingerprint: {len(points)} points of {len(golden['fingerprint'])} images, {len(misses)} outside "
+    n_images = len(golden["fingerprint"])
+    summary = (f"fingerprint: {len(points)} points of {n_images} image{'s' if n_images != 1 else ''}, {len(misses)} outside "
                f"tolerance; largest |Δ| = {margin:.3g}x its tolerance")
     return PartResult("fingerprint", not problems and not misses, lines + [summary], margin,
                       problems[0] if problems else closest.describe())
@@ -127,9 +130,19 @@ CHECKS = {"fingerprint": check_fingerprint, "outcome": check_outcome}
 RECORDERS = {"fingerprint": record_fingerprint, "outcome": record_outcome}
 
 
-def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR) -> PartResult:
+def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR,
+              images: tuple[str, ...] = ()) -> PartResult:
+    """Train ``part`` afresh and compare it with its golden. ``images`` (fingerprint only) checks a
+    subset of the golden's images: cheaper, for the mutation tests, which run the check 15 times."""
     golden = read_json(golden_path(part, goldens_dir), f"{part} golden")
-    return CHECKS[part](fresh_run(part, data_dir, work_dir), golden)
+    if images:
+        if part != "fingerprint":
+            raise BenchError("--images applies to the fingerprint part only (the outcome's mean is over all its images)")
+        unknown = [name for name in images if name not in golden["fingerprint"]]
+        if unknown:
+            raise BenchError(f"the fingerprint golden has no image {unknown[0]!r}; it has {', '.join(golden['fingerprint'])}")
+        golden = {**golden, "fingerprint": {name: golden["fingerprint"][name] for name in images}}
+    return CHECKS[part](fresh_run(part, data_dir, work_dir, images), golden)
 
 
 def record(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR, spread_path: Path = SPREAD_PATH) -> Path:

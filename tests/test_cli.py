@@ -11,8 +11,8 @@ import pytest
 from bench.cli import build_parser, main
 from bench.commands.common import config_overrides
 from bench.config import build_config
-from bench.progress import human_duration
 from bench.flags import CHOICES
+from bench.progress import human_duration
 from tests.conftest import REPO_ROOT
 
 

@@ -24,7 +24,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     results = []
     for part in parts:
-        result = regression.run_check(part, directory, args.work_dir, args.goldens_dir)
+        result = regression.run_check(part, directory, args.work_dir, args.goldens_dir, args.images)
         results.append(result)
         for note in result.notes:
             print(f"note ({part}): {note}")

@@ -14,12 +14,12 @@ from bench.config import build_config
 from bench.data import data_dir
 from bench.errors import BenchError
 from bench.estimate import estimate_seconds, measure_ms_per_iter
-from bench.progress import human_duration
 from bench.execution import cell_recipe, resolve_device
 from bench.executors.execute import Finished, Submitted, execute
 from bench.executors.options import ExecutorOptions
 from bench.paths import RUNS_DIR, published_paths, run_name
 from bench.plan import run_fields
+from bench.progress import human_duration
 from bench.rundir import RunDir
 
 

@@ -8,7 +8,7 @@ TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 # `make bench` runs the paper profile on a CUDA machine and the brief profile (minutes) without one.
 HAS_GPU := $(if $(shell command -v nvidia-smi 2>/dev/null),yes,)
 
-.PHONY: setup test bench bench-brief bench-quick bench-paper readme ablations check spread power baseline speed clean-runs
+.PHONY: setup test bench bench-brief bench-quick bench-paper readme ablations check spread power baseline speed gpu-check clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ speed:
 # re-record both goldens after an intended change of the recipe's math (commit them with the reason)
 baseline:
 	$(PY) -m bench check --record
+
+# the first thing to run on a new GPU: CUDA vs the CPU baseline, CUDA graphs vs eager, speed and fraction of peak;
+# writes runs/gpu-check/gpu-check.json (attach it to an issue). Refuses with one line where no CUDA device is seen.
+gpu-check:
+	$(PY) -m bench gpu-check
 
 clean-runs:
 	rm -rf runs

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,status,report,readme,check,spread,power,estimate,compare,ablate,published,speed,speed-report}``.
+"""Command line: ``python -m bench {run,status,report,readme,check,spread,power,estimate,compare,ablate,published,speed,speed-report,gpu-check}``.
 
 This module only parses: each command's work lives in bench.commands and is imported when that command
 runs, so reading results (report, compare, readme) never loads PyTorch. User errors (unknown
@@ -32,6 +32,7 @@ COMMANDS = {
     "power": ("checks", "cmd_power"),
     "speed": ("checks", "cmd_speed"),
     "speed-report": ("checks", "cmd_speed_report"),
+    "gpu-check": ("checks", "cmd_gpu_check"),
     "estimate": ("studies", "cmd_estimate"),
     "ablate": ("studies", "cmd_ablate"),
     "published": ("studies", "cmd_published"),
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     speed_p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                          help="auto (default; cuda if available, else cpu), cpu, cuda or cuda:N")
 
+    gpu_p = commands.add_parser("gpu-check", help="first run on a new GPU: CUDA vs the CPU baseline, graphs vs eager, "
+                                                  "speed and fraction of peak; writes a record to attach to an issue")
+    gpu_p.add_argument("--work-dir", type=Path, metavar="DIR", default=RUNS_DIR / "gpu-check",
+                       help="where its runs and gpu-check.json go (default runs/gpu-check)")
+    gpu_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
     sreport_p = commands.add_parser("speed-report", help="reports/speed.md from pytest-benchmark JSON + a profile")
     sreport_p.add_argument("--json", type=Path, metavar="FILE", required=True, help="pytest-benchmark's JSON output (--benchmark-json)")
     sreport_p.add_argument("--out", type=Path, metavar="FILE", required=True, help="the markdown report to write")

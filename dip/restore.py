@@ -173,6 +173,13 @@ def restore(
         _maybe_checkpoint(trainer, loop, timer, ckpt, i + 1, config.iterations,
                           read_pending=lambda: _read_pending(pending, loop, on_divergence))
     timing = timer.summary()
+    if loop.restores_since_check > 0:
+        # The last look restored the kept state and no check has accepted one since: the result would be
+        # an earlier state's (the untrained network's if nothing was accepted), not this run's training.
+        raise DivergenceError(
+            f"training diverged: non-finite loss at iteration {loop.divergences[-1]}, and the run ended before a "
+            f"check accepted the restored state"
+        )
 
     final = trainer.final_output()
     if not torch.isfinite(final).all():

@@ -110,3 +110,14 @@ def cmd_speed_report(args: argparse.Namespace) -> int:
     print(text)
     print(f"Speed report written to {args.out}")
     return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from bench.gpu_check import gpu_check, require_cuda, summary_lines
+
+    require_cuda()  # before the data directory is looked at: no GPU is the likeliest problem
+    record = gpu_check(data_dir(args.data_dir), args.work_dir)
+    for line in summary_lines(record):
+        print(line)
+    print(f"Record written to {args.work_dir / 'gpu-check.json'}; attach it to an issue about this GPU")
+    return 0 if record["ok"] else 1

@@ -1,0 +1,69 @@
+"""make gpu-check: what can be checked without a GPU (its refusal, its comparisons, its summary)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.errors import BenchError
+from bench.gpu_check import against_cpu_baseline, graphs_against_eager, require_cuda, summary_lines
+from tests.conftest import REPO_ROOT
+from tests.test_report import fixture_record
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+@no_cuda
+def test_refuses_cleanly_without_a_gpu():
+    with pytest.raises(BenchError, match=r"^gpu-check needs a CUDA GPU, and torch .* sees none"):
+        require_cuda()
+    done = subprocess.run([sys.executable, "-m", "bench", "gpu-check", "--work-dir", "/nonexistent/gpu-check"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "gpu-check needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
+
+
+def cuda_records(*psnrs: float) -> list[dict]:
+    records = [fixture_record(image, 0, psnr) for image, psnr in zip(("house", "cman", "peppers"), psnrs)]
+    for record in records:
+        record["config"]["device"] = "cuda"
+    return records
+
+
+def baseline(*psnrs: float) -> dict:
+    config = {k: v for k, v in fixture_record("house", 0, 0.0)["config"].items() if k not in ("image", "seed")}
+    return {"config": config, "psnr": dict(zip(("house", "cman", "peppers"), psnrs)),
+            "tolerance": {"per_image_db": 1.0, "mean_db": 0.5}}
+
+
+def test_cuda_is_compared_with_the_cpu_baseline_despite_the_device():
+    golden = baseline(30.0, 25.0, 28.0)
+    assert golden["config"]["device"] != "cuda"
+    assert against_cpu_baseline(cuda_records(30.2, 24.9, 28.1), golden).ok
+    far = against_cpu_baseline(cuda_records(31.5, 25.0, 28.0), golden)
+    assert not far.ok and far.lines[0].startswith("house: 31.50 dB vs baseline 30.00 dB")
+
+
+def test_graphs_are_compared_with_eager_image_by_image():
+    eager = cuda_records(30.0, 25.0, 28.0)
+    close = graphs_against_eager(eager, cuda_records(30.5, 24.6, 28.0), per_image_db=1.0)
+    assert close["ok"] and close["delta_db"]["house"] == pytest.approx(0.5)
+    assert not graphs_against_eager(eager, cuda_records(30.0, 26.5, 28.0), per_image_db=1.0)["ok"]
+    assert not graphs_against_eager(eager, cuda_records(30.0, 25.0), per_image_db=1.0)["ok"]  # a cell missing
+
+
+def test_summary_names_each_part_and_the_fraction_of_peak():
+    record = {
+        "cuda_vs_cpu": {"ok": True, "lines": ["outcome: 3 images after 400 iterations; mean Δ +0.10 dB"]},
+        "graphs_vs_eager": {"ok": False, "delta_db": {"house": 0.2, "cman": -1.5}, "tolerance_db": 1.0},
+        "speed": {"size": 256, "fast_ms": 2.5, "fast_precision": "bf16", "fast_tflops": 46.0, "fraction_of_peak": 0.0465,
+                  "fast_vs_authors": 12.0, "fast_vs_reference": 3.0},
+        "batched_cells": "not built yet",
+    }
+    lines = summary_lines(record)
+    assert lines[0] == "OK CUDA vs CPU baseline: outcome: 3 images after 400 iterations; mean Δ +0.10 dB"
+    assert lines[1] == "FAIL CUDA graphs vs eager: largest |Δ| 1.50 dB (tolerance ±1.00)"
+    assert lines[2] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
+                        "12.00x the authors' code, 3.00x the reference path")
+    assert lines[3] == "batched cells: not built yet"

@@ -57,7 +57,7 @@ ablations:
 # which also prints the speed-up over the authors' code (bench/authors.py) timed in the same rounds
 check:
 	$(PY) -m bench check
-	$(PY) -m bench speed --size 256 --gate --authors
+	$(PY) -m bench speed --size 256 --steps 1 --gate --authors
 
 # how far CPU kernels and thread counts move the check's numbers: reports/regression-spread.md (~10 min)
 spread:

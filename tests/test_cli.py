@@ -180,7 +180,7 @@ def test_a_diverging_run_exits_1_with_failed_records_and_a_marked_report(policy,
     """lr 1e10 diverges for real at the first step: 'fail' stops each image at once, 'backtrack' after
     restoring the last good state 10 times without reaching the next check. Either way every image is tried."""
     results = tmp_path / "results"
-    code = main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "30", "--lr", "1e10",
+    code = main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "12", "--lr", "1e10",
                  "--on-divergence", policy, "--results-dir", str(results), "--data-dir", str(data_dir), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1

@@ -43,9 +43,10 @@ def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_
     oversubscribing it (and a result depends on the thread count, so both runs use the same)."""
     inline, local = tmp_path / "inline", tmp_path / "local"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # 30 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
-    # CPU without bf16 the fast path runs fp32: this test took 138 s at 100 iterations on a 2-core AVX2 EPYC).
-    common = ["run", "--profile", "smoke", "--iterations", "30", "--no-progress", "--data-dir", str(data_dir)]
+    # 15 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
+    # CPU without bf16 the fast path runs fp32: this test took 138 s at 100 iterations, 69 s at 30, on a
+    # 2-core AVX2 EPYC).
+    common = ["run", "--profile", "smoke", "--iterations", "15", "--no-progress", "--data-dir", str(data_dir)]
     done = bench(*common, "--results-dir", str(inline), env=env)
     assert done.returncode == 0, done.stderr
     done = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)

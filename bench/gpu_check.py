@@ -90,7 +90,8 @@ def summary_lines(record: dict) -> list[str]:
     return [
         f"{'OK' if outcome['ok'] else 'FAIL'} CUDA vs CPU baseline: {outcome['lines'][-1]}",
         f"{'OK' if graphs['ok'] else 'FAIL'} CUDA graphs vs eager: largest |Δ| "
-        f"{max((abs(d) for d in graphs['delta_db'].values()), default=math.nan):.2f} dB (tolerance ±{graphs['tolerance_db']:.2f})",
+        f"{max((abs(d) for d in graphs['delta_db'].values()), default=math.nan):.2f} dB "
+        f"(tolerance ±{graphs['tolerance_db']:.2f})",
         f"speed {speed['size']}x{speed['size']}: fast {speed['fast_ms']:.1f} ms/iter ({speed['fast_precision']}), "
         f"{speed['fast_tflops']:.1f} TFLOP/s" + ("" if peak is None else f", {100 * peak:.1f}% of the card's peak")
         + f"; {speed['fast_vs_authors']:.2f}x the authors' code, {speed['fast_vs_reference']:.2f}x the reference path",

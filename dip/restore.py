@@ -133,8 +133,8 @@ def restore(
     :class:`DivergenceError` at the next read, naming the first non-finite iteration; "backtrack" records
     those iterations, and where the step read is itself non-finite restores the parameters and Adam's
     state of the last accepted check, skips that step and reads every step until a check accepts again,
-    giving up after :data:`MAX_RESTORES_PER_CHECK` restores of one kept state. ``checkpointing`` saves the loop's state
-    every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
+    giving up after :data:`MAX_RESTORES_PER_CHECK` restores of one kept state. ``checkpointing`` saves
+    the loop's state every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
     resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
     """
     if on_divergence not in DIVERGENCE_POLICIES:
@@ -210,7 +210,8 @@ def _is_look(i: int, config: RestoreConfig, loop: _LoopState, checks: bool) -> b
     )
 
 
-def _step_unseen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, out: torch.Tensor, loss: torch.Tensor) -> None:
+def _step_unseen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, out: torch.Tensor,
+                 loss: torch.Tensor) -> None:
     """A step whose loss stays on the device: the optimiser step (skipped on the device if the loss or a
     gradient is not finite, where the optimiser can) and the EMA (only from finite outputs)."""
     trainer.optimizer_step()

@@ -40,5 +40,3 @@ def estimate_seconds(config: RunConfig, ms_per_iter: dict[tuple[int, int], float
     """Run time of ``config`` from measured per-iteration times: images x seeds x iterations."""
     per_seed_ms = sum(ms_per_iter[train_shape(config, resolve_image(n))] for n in config.images)
     return per_seed_ms * config.recipe.iterations * len(config.seeds) / 1e3
-
-

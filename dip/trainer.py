@@ -113,9 +113,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
         # 1.0 where the last step's loss or a gradient was not finite; fused Adam then skips its update
         # (and its step count) on the device, as under a GradScaler, so no host read is needed to guard it.
+        # (A GradScaler computes and applies its own flag.)
+        self._guards_on_device = config.fused_adam and self.scaler is None
         self.found_inf = torch.zeros((), device=device)
         self._unit_scale = torch.ones((), device=device)
-        if config.fused_adam and self.scaler is None:
+        if self._guards_on_device:
             self.optimizer.found_inf = self.found_inf  # read by torch.optim.Adam.step for fused kernels
         self.model = self._accelerated(self.net)
 
@@ -123,7 +125,7 @@ class Trainer:
     def skips_non_finite_steps(self) -> bool:
         """Whether ``optimizer_step`` leaves the state as it was after a non-finite loss or gradient
         (fused Adam or a GradScaler). Plain Adam cannot: its update then writes NaN into the parameters."""
-        return self.scaler is not None or self.config.fused_adam
+        return self.scaler is not None or self._guards_on_device
 
     def _accelerated(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.config.compile:
@@ -150,7 +152,7 @@ class Trainer:
         out = out.float()  # the loss is computed in fp32
         loss = F.mse_loss(out * self.mask, self.x_masked)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        if self.scaler is None and self.config.fused_adam:
+        if self._guards_on_device:
             self._find_non_finite(loss)
         return out, loss.detach()
 

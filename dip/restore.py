@@ -5,8 +5,9 @@ every iteration the network sees z + 0.03 * N(0, 1) (fresh noise around the fixe
 the MSE between out * m and x * m over all pixels; Adam with lr 1e-3. The authors' runs also
 backtracked: every 50 iterations, if the PSNR of out * m against x * m fell by more than 5 dB since
 the last accepted check, the parameters kept at that check are copied back. Beyond the paper: a
-non-finite loss is caught at the step it happens (restore the last good state, or fail), and the
-loop's whole state can be checkpointed and resumed. One step of training is dip.trainer.Trainer.
+non-finite loss is caught at the next read of the loss on the host (restore the last good state, or
+fail), and the loop's whole state can be checkpointed and resumed. One step of training is
+dip.trainer.Trainer; :func:`restore_batch` trains several cells as one batched model (dip.batched).
 
 The recipe's numbers live in :mod:`dip.recipe`; the network is the caller's (e.g.
 ``dip.nets.build_network``), handed over as a module or a factory, so this module knows no architecture.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from dip.recipe import DIVERGENCE_POLICIES, CurvePoint, RestoreConfig
 from dip.timing import IterationTimer, TimingSummary
+from dip.batched import BatchedTrainer
 from dip.trainer import Network, Trainer, to_numpy, to_tensor
 
 
@@ -137,167 +139,295 @@ def restore(
     the loop's state every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
     resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
     """
-    if on_divergence not in DIVERGENCE_POLICIES:
-        raise ValueError(f"unknown on_divergence {on_divergence!r}; choose from {', '.join(DIVERGENCE_POLICIES)}")
+    _check_policy(on_divergence)
     device = torch.device(device)
     ckpt = checkpointing or Checkpointing()
     trainer = Trainer(observed, mask, config, network, seed=seed, device=device)
-    ref = None if reference is None else to_tensor(reference, device)
-    if ckpt.resume is not None:
-        trainer.load_state_dict(ckpt.resume["trainer"])
-        loop = _LoopState.from_dict(ckpt.resume["loop"], device)
-        loop.resumed_at.append(loop.next_iteration)
-    else:
-        loop = _LoopState(kept=trainer.kept_parameters(), kept_optimizer=trainer.kept_optimizer_state())
-    # Snapshots for a non-finite loss are taken at the checks even when the recipe does not backtrack.
-    checks = config.backtracking or on_divergence == "backtrack"
-
-    remaining = config.iterations - loop.next_iteration
-    timer = IterationTimer(device, warmup=min(config.timer_warmup, remaining - 1), window=config.timer_window)
-    if ckpt.resume is not None:
-        timer.load_state_dict(ckpt.resume["timer"])
-    timer.start()
-    pending: list[tuple[int, torch.Tensor]] = []  # (iteration, loss) of the steps not yet read on the host
-    for i in range(loop.next_iteration, config.iterations):
+    cell = _CellLoop.start(trainer, config, reference, on_divergence, ckpt.resume, device)
+    timer = _start_timer(config, cell.loop.next_iteration, device, ckpt.resume)
+    for i in range(cell.loop.next_iteration, config.iterations):
         out, loss = trainer.forward_backward()
-        point = None
-        if _is_look(i, config, loop, checks):
-            _read_pending(pending, loop, on_divergence)
-            point = _step_seen(trainer, loop, config, i, out, loss, ref, checks, on_divergence)
-        else:
-            _step_unseen(trainer, loop, config, out, loss)
-            pending.append((i, loss))
+        point, take_step = cell.advance(i, out, loss)
+        if take_step:
+            trainer.optimizer_step()
         timer.tick()
         if callback is not None:
             callback(i, point)
-        _maybe_checkpoint(trainer, loop, timer, ckpt, i + 1, config.iterations,
-                          read_pending=lambda: _read_pending(pending, loop, on_divergence))
+        _maybe_checkpoint([cell], [ckpt], timer, i + 1, config.iterations)
     timing = timer.summary()
-    if loop.restores_since_check > 0:
-        # The last look restored the kept state and no check has accepted one since: the result would be
-        # an earlier state's (the untrained network's if nothing was accepted), not this run's training.
-        raise DivergenceError(
-            f"training diverged: non-finite loss at iteration {loop.divergences[-1]}, and the run ended before a "
-            f"check accepted the restored state"
+    cell.check_ended()
+    return cell.result(trainer.final_output(), timing)
+
+
+@dataclass(frozen=True)
+class CellInput:
+    """One cell of :func:`restore_batch`: what :func:`restore` takes per image."""
+
+    observed: np.ndarray  # (H, W[, C]) floats in [0, 1]
+    mask: np.ndarray  # (H, W), 1 = observed
+    seed: int
+    reference: np.ndarray | None = None
+
+
+def restore_batch(
+    cells: list[CellInput],
+    config: RestoreConfig,
+    network: Callable[[], torch.nn.Module],
+    *,
+    device: torch.device | str = "cpu",
+    callbacks: list[Callable[[int, CurvePoint | None], None] | None] | None = None,
+    on_divergence: str = "backtrack",
+    checkpointing: list[Checkpointing] | None = None,
+) -> list[RestoreResult | DivergenceError]:
+    """:func:`restore` for K cells of one image size at once, trained as one batched model
+    (:class:`dip.batched.BatchedTrainer`); each cell gets what it gets alone, up to rounding.
+
+    Everything :func:`restore` does per cell is done per cell here: its own weights, z and noise from
+    its seed, the reads of its loss, its backtracking, the restore of its kept state after a non-finite
+    loss, its curve, its checkpoint (in :func:`restore`'s format: a cell stopped here resumes alone or
+    in a batch). A cell that diverges beyond repair gets its :class:`DivergenceError` in the returned
+    list, its updates stop, and the others go on. One timer times the batched step: each result's
+    timing is the whole batch's. Resumed cells must all resume at the same iteration. ``network`` is a
+    factory (called once per cell, right after seeding). A stop request saves every cell that is still
+    training and raises :class:`TrainingStopped`.
+    """
+    _check_policy(on_divergence)
+    device = torch.device(device)
+    count = len(cells)
+    ckpts = checkpointing or [Checkpointing() for _ in cells]
+    callbacks = callbacks or [None] * count
+    if not (len(ckpts) == len(callbacks) == count):
+        raise ValueError(f"{count} cells need {count} checkpointings and callbacks")
+    starts = {0 if c.resume is None else c.resume["loop"]["next_iteration"] for c in ckpts}
+    if len(starts) > 1:
+        raise ValueError(f"batched cells must resume at one iteration, got {sorted(starts)}")
+    trainers = []
+    for cell_input, ckpt in zip(cells, ckpts):
+        trainer = Trainer(cell_input.observed, cell_input.mask, config, network, seed=cell_input.seed, device=device)
+        if ckpt.resume is not None:
+            trainer.load_state_dict(ckpt.resume["trainer"])
+        trainers.append(trainer)
+    batch = BatchedTrainer(trainers)
+    loops = [_CellLoop.start(batch.cell(k), config, c.reference, on_divergence, ckpt.resume, device, loaded=True)
+             for k, (c, ckpt) in enumerate(zip(cells, ckpts))]
+    outcome: list[RestoreResult | DivergenceError | None] = [None] * count
+    start = loops[0].loop.next_iteration
+    timer = _start_timer(config, start, device, ckpts[0].resume)
+    for i in range(start, config.iterations):
+        outs, losses = batch.forward_backward()  # (K, 1, C, H, W), (K,)
+        skip = [True] * count
+        for k, loop in enumerate(loops):
+            if outcome[k] is not None:
+                continue  # given up on: its updates stay skipped
+            try:
+                point, take_step = loop.advance(i, outs[k], losses[k])
+            except DivergenceError as exc:
+                outcome[k] = exc
+                continue
+            skip[k] = not take_step
+            if callbacks[k] is not None:
+                callbacks[k](i, point)
+        batch.optimizer_step(skip)
+        timer.tick()
+        live = [k for k in range(count) if outcome[k] is None]
+        _maybe_checkpoint([loops[k] for k in live], [ckpts[k] for k in live], timer, i + 1, config.iterations)
+    timing = timer.summary()
+    finals = batch.final_outputs()
+    for k, loop in enumerate(loops):
+        if outcome[k] is None:
+            try:
+                loop.check_ended()
+                outcome[k] = loop.result(finals[k], timing)
+            except DivergenceError as exc:
+                outcome[k] = exc
+    return outcome  # type: ignore[return-value]
+
+
+def _check_policy(on_divergence: str) -> None:
+    if on_divergence not in DIVERGENCE_POLICIES:
+        raise ValueError(f"unknown on_divergence {on_divergence!r}; choose from {', '.join(DIVERGENCE_POLICIES)}")
+
+
+def _start_timer(config: RestoreConfig, start: int, device: torch.device, resume: dict | None) -> IterationTimer:
+    remaining = config.iterations - start
+    timer = IterationTimer(device, warmup=min(config.timer_warmup, remaining - 1), window=config.timer_window)
+    if resume is not None:
+        timer.load_state_dict(resume["timer"])
+    timer.start()
+    return timer
+
+
+class _CellLoop:
+    """One cell's side of the restoration loop: which iterations read its loss on the host, what a read
+    loss does (divergence, the backtracking check, a curve point), the EMA, and its saved state.
+
+    ``trainer`` is a :class:`Trainer` or one cell of a batched trainer (:class:`dip.batched.BatchedCell`):
+    anything with ``kept_parameters``, ``restore_parameters``, ``kept_optimizer_state``,
+    ``restore_optimizer_state`` and ``state_dict``. The optimiser step is the caller's: :meth:`advance`
+    says whether this cell takes it.
+    """
+
+    def __init__(self, trainer, config: RestoreConfig, loop: _LoopState, ref: torch.Tensor | None,
+                 on_divergence: str) -> None:
+        self.trainer, self.config, self.loop, self.ref, self.on_divergence = trainer, config, loop, ref, on_divergence
+        # Snapshots for a non-finite loss are taken at the checks even when the recipe does not backtrack.
+        self.checks = config.backtracking or on_divergence == "backtrack"
+        self.pending: list[tuple[int, torch.Tensor]] = []  # (iteration, loss) of the steps not yet read
+
+    @classmethod
+    def start(cls, trainer, config: RestoreConfig, reference: np.ndarray | None, on_divergence: str,
+              resume: dict | None, device: torch.device, loaded: bool = False) -> _CellLoop:
+        """A fresh loop, or the saved one of ``resume`` (whose trainer state is loaded here unless ``loaded``)."""
+        ref = None if reference is None else to_tensor(reference, device)
+        if resume is None:
+            loop = _LoopState(kept=trainer.kept_parameters(), kept_optimizer=trainer.kept_optimizer_state())
+        else:
+            if not loaded:
+                trainer.load_state_dict(resume["trainer"])
+            loop = _LoopState.from_dict(resume["loop"], device)
+            loop.resumed_at.append(loop.next_iteration)
+        return cls(trainer, config, loop, ref, on_divergence)
+
+    def is_look(self, i: int) -> bool:
+        """Whether iteration i reads its loss on the host: at the checks, the evaluation points and the last
+        iteration; at every step while recovering from a restored state; and before the first EMA exists."""
+        config, loop = self.config, self.loop
+        return (
+            (self.checks and i % config.backtrack_every == 0)
+            or i % config.eval_every == 0
+            or i == config.iterations - 1
+            or loop.restores_since_check > 0
+            or (config.ema_decay > 0 and loop.ema is None)
         )
 
-    final = trainer.final_output()
-    if not torch.isfinite(final).all():
-        raise DivergenceError("the network's final output is not finite")
-    return RestoreResult(
-        output=to_numpy(final),
-        output_ema=None if loop.ema is None else to_numpy(loop.ema),
-        curve=loop.curve,
-        final_loss=loop.final_loss,
-        backtracks=len(loop.backtrack_iterations),
-        backtrack_iterations=loop.backtrack_iterations,
-        timing=timing,
-        precision=config.precision,
-        divergences=loop.divergences,
-        resumed_at=loop.resumed_at,
-    )
+    def advance(self, i: int, out: torch.Tensor, loss: torch.Tensor) -> tuple[CurvePoint | None, bool]:
+        """Iteration i's bookkeeping, after its forward and backward and before its optimiser step.
+        Returns (the curve point taken, whether the optimiser step is to be taken)."""
+        if self.is_look(i):
+            self.read_pending()
+            return self._seen(i, out, loss)
+        self._unseen(i, out, loss)
+        return None, True
 
+    def _unseen(self, i: int, out: torch.Tensor, loss: torch.Tensor) -> None:
+        """A step whose loss stays on the device (its optimiser step is skipped on the device if the loss or
+        a gradient is not finite, where the optimiser can); the EMA takes only finite outputs."""
+        if self.config.ema_decay > 0:
+            finite = torch.isfinite(loss)
+            self.loop.ema = torch.where(finite, self.loop.ema.lerp(out.detach(), 1.0 - self.config.ema_decay),
+                                        self.loop.ema)
+        self.pending.append((i, loss))
 
-def _is_look(i: int, config: RestoreConfig, loop: _LoopState, checks: bool) -> bool:
-    """Whether iteration i reads its loss on the host: at the checks, the evaluation points and the last
-    iteration; at every step while recovering from a restored state; and before the first EMA exists."""
-    return (
-        (checks and i % config.backtrack_every == 0)
-        or i % config.eval_every == 0
-        or i == config.iterations - 1
-        or loop.restores_since_check > 0
-        or (config.ema_decay > 0 and loop.ema is None)
-    )
+    def read_pending(self) -> None:
+        """Read the losses of the unseen steps (one host synchronisation) and record the non-finite ones.
 
+        Their updates were skipped on the device (fused Adam, GradScaler) or, with plain Adam, wrote NaN into
+        the parameters: then the step read next is non-finite too, and :meth:`_seen` restores."""
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, loss in self.pending]).tolist()
+        bad = [i for (i, _), value in zip(self.pending, values) if not math.isfinite(value)]
+        finite = [value for value in values if math.isfinite(value)]
+        self.pending.clear()
+        if bad and self.on_divergence == "fail":
+            raise DivergenceError(f"training diverged: non-finite loss at iteration {bad[0]}")
+        self.loop.divergences.extend(bad)
+        if finite:
+            self.loop.final_loss = finite[-1]
 
-def _step_unseen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, out: torch.Tensor,
-                 loss: torch.Tensor) -> None:
-    """A step whose loss stays on the device: the optimiser step (skipped on the device if the loss or a
-    gradient is not finite, where the optimiser can) and the EMA (only from finite outputs)."""
-    trainer.optimizer_step()
-    if config.ema_decay > 0:
-        finite = torch.isfinite(loss)
-        loop.ema = torch.where(finite, loop.ema.lerp(out.detach(), 1.0 - config.ema_decay), loop.ema)
+    def _seen(self, i: int, out: torch.Tensor, loss: torch.Tensor) -> tuple[CurvePoint | None, bool]:
+        """A step whose loss is read on the host: a non-finite one restores the last good state (or fails)
+        and skips the step; a finite one gets the check, the curve point and the optimiser step."""
+        loop = self.loop
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            if self.on_divergence == "fail":
+                raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
+            loop.restores_since_check += 1
+            if loop.restores_since_check > MAX_RESTORES_PER_CHECK:
+                raise DivergenceError(
+                    f"training diverged: non-finite loss at iteration {i}, the {MAX_RESTORES_PER_CHECK + 1}th since "
+                    f"the last good state was kept; restoring it does not help"
+                )
+            self.trainer.restore_parameters(loop.kept)
+            self.trainer.restore_optimizer_state(loop.kept_optimizer)
+            loop.divergences.append(i)  # no optimiser step: its gradients are not finite
+            return None, False
+        loop.final_loss = loss_value
+        if self.config.ema_decay > 0:
+            o = out.detach()
+            loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - self.config.ema_decay)
+        # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
+        return self._check_and_evaluate(i, loss_value, out), True
 
+    def _check_and_evaluate(self, i: int, loss_value: float, out: torch.Tensor) -> CurvePoint | None:
+        """The authors' backtracking check (every ``backtrack_every``) and a curve point (every ``eval_every``)."""
+        config, loop = self.config, self.loop
+        psnr_masked = psnr_from_mse(loss_value)
+        if self.checks and i % config.backtrack_every == 0:
+            if config.backtracking and psnr_masked - loop.kept_psnr < -config.backtrack_drop_db:
+                self.trainer.restore_parameters(loop.kept)
+                loop.backtrack_iterations.append(i)
+            else:
+                loop.kept, loop.kept_psnr = self.trainer.kept_parameters(), psnr_masked
+                loop.kept_optimizer = self.trainer.kept_optimizer_state()
+                loop.restores_since_check = 0
+        if not (i % config.eval_every == 0 or i == config.iterations - 1):
+            return None
+        psnr = psnr_ema = None
+        if self.ref is not None:
+            psnr = psnr_from_mse(F.mse_loss(out.detach(), self.ref).item())
+            psnr_ema = None if loop.ema is None else psnr_from_mse(F.mse_loss(loop.ema, self.ref).item())
+        point = CurvePoint(i, loss_value, psnr_masked, psnr, psnr_ema)
+        loop.curve.append(point)
+        return point
 
-def _read_pending(pending: list[tuple[int, torch.Tensor]], loop: _LoopState, on_divergence: str) -> None:
-    """Read the losses of the unseen steps (one host synchronisation) and record the non-finite ones.
+    def saved_state(self, done: int) -> dict:
+        """The state after ``done`` iterations, for a checkpoint (it holds no unread steps)."""
+        self.read_pending()
+        self.loop.next_iteration = done
+        return {"trainer": self.trainer.state_dict(), "loop": self.loop.to_dict()}
 
-    Their updates were skipped on the device (fused Adam, GradScaler) or, with plain Adam, wrote NaN into
-    the parameters: then the step read next is non-finite too, and :func:`_step_seen` restores."""
-    if not pending:
-        return
-    values = torch.stack([loss for _, loss in pending]).tolist()
-    bad = [i for (i, _), value in zip(pending, values) if not math.isfinite(value)]
-    finite = [value for value in values if math.isfinite(value)]
-    pending.clear()
-    if bad and on_divergence == "fail":
-        raise DivergenceError(f"training diverged: non-finite loss at iteration {bad[0]}")
-    loop.divergences.extend(bad)
-    if finite:
-        loop.final_loss = finite[-1]
-
-
-def _step_seen(trainer: Trainer, loop: _LoopState, config: RestoreConfig, i: int, out: torch.Tensor, loss: torch.Tensor,
-               ref: torch.Tensor | None, checks: bool, on_divergence: str) -> CurvePoint | None:
-    """A step whose loss is read on the host: a non-finite one restores the last good state (or fails);
-    a finite one gets the check, the curve point and the optimiser step."""
-    loss_value = float(loss)
-    if not math.isfinite(loss_value):
-        if on_divergence == "fail":
-            raise DivergenceError(f"training diverged: non-finite loss at iteration {i}")
-        loop.restores_since_check += 1
-        if loop.restores_since_check > MAX_RESTORES_PER_CHECK:
+    def check_ended(self) -> None:
+        if self.loop.restores_since_check > 0:
+            # The last look restored the kept state and no check has accepted one since: the result would be
+            # an earlier state's (the untrained network's if nothing was accepted), not this run's training.
             raise DivergenceError(
-                f"training diverged: non-finite loss at iteration {i}, the {MAX_RESTORES_PER_CHECK + 1}th since "
-                f"the last good state was kept; restoring it does not help"
+                f"training diverged: non-finite loss at iteration {self.loop.divergences[-1]}, and the run ended "
+                f"before a check accepted the restored state"
             )
-        trainer.restore_parameters(loop.kept)
-        trainer.restore_optimizer_state(loop.kept_optimizer)
-        loop.divergences.append(i)  # no optimiser step: its gradients are not finite
-        return None
-    loop.final_loss = loss_value
-    if config.ema_decay > 0:
-        o = out.detach()
-        loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - config.ema_decay)
-    point = _check_and_evaluate(trainer, loop, config, i, loss_value, out, ref, checks)
-    # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
-    trainer.optimizer_step()
-    return point
+
+    def result(self, final: torch.Tensor, timing: TimingSummary) -> RestoreResult:
+        """The result from the network's final output (1, C, H, W) or (C, H, W)."""
+        if not torch.isfinite(final).all():
+            raise DivergenceError("the network's final output is not finite")
+        loop = self.loop
+        return RestoreResult(
+            output=to_numpy(final.reshape(1, *final.shape[-3:])),
+            output_ema=None if loop.ema is None else to_numpy(loop.ema.reshape(1, *loop.ema.shape[-3:])),
+            curve=loop.curve,
+            final_loss=loop.final_loss,
+            backtracks=len(loop.backtrack_iterations),
+            backtrack_iterations=loop.backtrack_iterations,
+            timing=timing,
+            precision=self.config.precision,
+            divergences=loop.divergences,
+            resumed_at=loop.resumed_at,
+        )
 
 
-def _check_and_evaluate(trainer: Trainer, loop: _LoopState, config: RestoreConfig, i: int, loss_value: float,
-                        out: torch.Tensor, ref: torch.Tensor | None, checks: bool) -> CurvePoint | None:
-    """The authors' backtracking check (every ``backtrack_every``) and a curve point (every ``eval_every``)."""
-    psnr_masked = psnr_from_mse(loss_value)
-    if checks and i % config.backtrack_every == 0:
-        if config.backtracking and psnr_masked - loop.kept_psnr < -config.backtrack_drop_db:
-            trainer.restore_parameters(loop.kept)
-            loop.backtrack_iterations.append(i)
-        else:
-            loop.kept, loop.kept_psnr = trainer.kept_parameters(), psnr_masked
-            loop.kept_optimizer = trainer.kept_optimizer_state()
-            loop.restores_since_check = 0
-    if not (i % config.eval_every == 0 or i == config.iterations - 1):
-        return None
-    psnr = psnr_ema = None
-    if ref is not None:
-        psnr = psnr_from_mse(F.mse_loss(out.detach(), ref).item())
-        psnr_ema = None if loop.ema is None else psnr_from_mse(F.mse_loss(loop.ema, ref).item())
-    point = CurvePoint(i, loss_value, psnr_masked, psnr, psnr_ema)
-    loop.curve.append(point)
-    return point
-
-
-def _maybe_checkpoint(trainer: Trainer, loop: _LoopState, timer: IterationTimer, ckpt: Checkpointing,
-                      done: int, iterations: int, read_pending: Callable[[], None]) -> None:
-    """Save after ``done`` iterations if one is due or a stop was requested; raise TrainingStopped on a stop."""
-    stop = ckpt.stop_requested()
-    due = ckpt.every > 0 and done % ckpt.every == 0 and done < iterations
-    if ckpt.save is not None and (due or (stop and done < iterations)):
-        read_pending()  # a saved state holds no unread steps
-        loop.next_iteration = done
-        with timer.paused():  # writing the file is not an iteration's time
-            ckpt.save({"trainer": trainer.state_dict(), "loop": loop.to_dict(), "timer": timer.state_dict()})
+def _maybe_checkpoint(cells: list[_CellLoop], ckpts: list[Checkpointing], timer: IterationTimer, done: int,
+                      iterations: int) -> None:
+    """Save each cell after ``done`` iterations if one is due or a stop was requested; raise TrainingStopped
+    on a stop. (One stop request serves all: the cells of a batch share it.)"""
+    if not ckpts:
+        return
+    stop = ckpts[0].stop_requested()
+    for cell, ckpt in zip(cells, ckpts):
+        due = ckpt.every > 0 and done % ckpt.every == 0 and done < iterations
+        if ckpt.save is not None and (due or (stop and done < iterations)):
+            state = cell.saved_state(done)
+            with timer.paused():  # writing the file is not an iteration's time
+                ckpt.save(state | {"timer": timer.state_dict()})
     if stop and done < iterations:
         raise TrainingStopped(done)

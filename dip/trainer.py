@@ -139,13 +139,7 @@ class Trainer:
 
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One perturbed input through the network and back. Returns (output (1, C, H, W), loss)."""
-        if self.config.input_noise == "fixed":
-            self.noise_buffer.normal_(generator=self.noise_gen)
-            torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
-        elif self.steps > 0:  # cumulative: the first step sees z itself, as in the seed reproduction
-            self.noise_buffer.normal_(generator=self.noise_gen)
-            self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
-        self.steps += 1
+        self.next_input()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.config.precision, cache_enabled=not self.config.cuda_graphs):
             out = self.model(self.net_input)
@@ -155,6 +149,17 @@ class Trainer:
         if self._guards_on_device:
             self._find_non_finite(loss)
         return out, loss.detach()
+
+    def next_input(self) -> torch.Tensor:
+        """The next step's network input (1, 32, H, W), written into ``net_input`` from this cell's generator."""
+        if self.config.input_noise == "fixed":
+            self.noise_buffer.normal_(generator=self.noise_gen)
+            torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
+        elif self.steps > 0:  # cumulative: the first step sees z itself, as in the seed reproduction
+            self.noise_buffer.normal_(generator=self.noise_gen)
+            self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
+        self.steps += 1
+        return self.net_input
 
     def _find_non_finite(self, loss: torch.Tensor) -> None:
         """found_inf <- 1.0 if the loss or any gradient is not finite, computed on the device."""

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dip.batched import BatchedTrainer
 from dip.recipe import DIVERGENCE_POLICIES, CurvePoint, RestoreConfig
 from dip.timing import IterationTimer, TimingSummary
-from dip.batched import BatchedTrainer
 from dip.trainer import Network, Trainer, to_numpy, to_tensor
 
 

@@ -60,6 +60,9 @@ class RunConfig:
     fused_adam: bool | None = None
     tf32: bool | None = None  # CUDA only
     cudnn_benchmark: bool | None = None  # CUDA only
+    # Cells of one image size trained at a time as one batched model (dip.batched); 1: each cell alone.
+    # What fills a large GPU; on a CPU the grouped convolutions are slower than one cell at a time.
+    cells_per_gpu: int = 1
     # Reliability. Neither changes what a finished cell computes, so neither is part of a record's config.
     checkpoint_every: int = 1000  # iterations between a cell's checkpoints; 0 = only on SIGINT/SIGTERM
     on_divergence: str = "backtrack"  # non-finite loss: "backtrack" (restore the last good state) | "fail" the cell
@@ -90,6 +93,8 @@ class RunConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose from auto, {', '.join(PRECISIONS)}")
         if not 0.0 < self.keep < 1.0:
             raise ValueError(f"keep must be in (0, 1) (1 keeps every pixel: nothing to restore), got {self.keep}")
+        if self.cells_per_gpu < 1:
+            raise ValueError(f"cells_per_gpu must be >= 1, got {self.cells_per_gpu}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: only on a stop signal), got {self.checkpoint_every}")
         if self.on_divergence not in DIVERGENCE_POLICIES:

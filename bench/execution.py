@@ -75,7 +75,8 @@ def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> R
     return dataclasses.replace(
         config.recipe,
         precision=precision,
-        channels_last=pick(config.channels_last, precision != "fp32"),
+        # batched cells run contiguous (dip.batched): the fast path leaves channels_last off for them
+        channels_last=pick(config.channels_last, precision != "fp32" and config.cells_per_gpu == 1),
         fused_adam=pick(config.fused_adam, True),
         tf32=pick(config.tf32, on_cuda),
         cudnn_benchmark=pick(config.cudnn_benchmark, on_cuda),

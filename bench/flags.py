@@ -63,6 +63,8 @@ HELP: dict[str, str] = {
     "run.fused_adam": "Adam's update as one fused kernel; the fast path uses it",
     "run.tf32": "CUDA only: TF32 tensor cores for fp32 convolutions; the fast path uses them",
     "run.cudnn_benchmark": "CUDA only: autotune cuDNN's convolution algorithms; the fast path does",
+    "run.cells_per_gpu": "cells of one image size trained at once as one batched model (fills a GPU; "
+                         "fp32 or bf16, contiguous, eager); 1 = each cell alone",
     "run.checkpoint_every": "iterations between a cell's checkpoints; 0 = only on SIGINT/SIGTERM",
     "run.on_divergence": "on a non-finite loss: backtrack (restore the last good state and go on) or fail the cell",
     # recipe
@@ -102,7 +104,12 @@ _GROUP_NOTE = "Each flag overrides the profile's value (and --recipe's); (paper:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line rather than the usage block plus a line."""
+    """argparse, but a usage error is one line rather than the usage block plus a line, and a flag must be
+    spelt out: a prefix (``--results`` for ``--results-dir``) is an error, not a guess."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -38,7 +38,7 @@ MUTATIONS = (
              "torch.optim.Adam(self.params, lr=config.lr,", "torch.optim.Adam(self.params, lr=config.lr, betas=(0.5, 0.999),",
              "Adam's betas copied from GAN code (beta1 0.5 instead of the default 0.9)"),
     Mutation("gradients-accumulate", "optimiser", "dip/trainer.py",
-             "        self.steps += 1\n        self.optimizer.zero_grad(set_to_none=True)\n", "        self.steps += 1\n",
+             "        self.next_input()\n        self.optimizer.zero_grad(set_to_none=True)\n", "        self.next_input()\n",
              "zero_grad dropped in a refactor of the step: gradients add up across iterations"),
     Mutation("leaky-relu-default-slope", "activation", "dip/nets/blocks.py",
              "nn.LeakyReLU(config.negative_slope, inplace=True)", "nn.LeakyReLU(inplace=True)",

@@ -32,6 +32,7 @@ from bench.errors import BenchError
 from bench.execution import cell_recipe, resolve_device
 from bench.records import FAILED, read_record, write_bytes_atomic, write_json_atomic
 from bench.rundir import RunDir, cell_stem
+from dip.batched import check_batchable
 from dip.execution import PATH_CHOSEN_FIELDS
 from dip.masks import bernoulli_mask, paper_mask
 from dip.nets import build_network, check_input_size, count_parameters
@@ -91,6 +92,8 @@ def run_fields(config: RunConfig, device: torch.device, recipe: RestoreConfig) -
     if config.mask == "bernoulli":
         fields["keep"] = config.keep
     fields |= {"device": str(device), "recipe_name": config.recipe_name, "recipe": recipe.to_dict()}
+    if config.cells_per_gpu > 1:  # (absent at 1: records written before batching existed stay the same)
+        fields["cells_per_gpu"] = config.cells_per_gpu
     return json.loads(json.dumps(fields))
 
 
@@ -129,6 +132,8 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
         try:
             check_input_size(*image.shape[:2], recipe.net)
             check_device(recipe, device)
+            if config.cells_per_gpu > 1:
+                check_batchable(recipe)
         except ValueError as exc:
             raise BenchError(f"{info.key}: {exc}") from None
         for seed in config.seeds:

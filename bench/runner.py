@@ -7,6 +7,7 @@ record and the run goes on. SIGINT/SIGTERM stop the run after the current step w
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from bench.progress import LOG_EVERY_S, Progress
 from bench.records import read_record
 from bench.rundir import try_lock
 from bench.stop import StopRequest
-from bench.train import Session, train_and_write
+from bench.train import Session, train_and_write, train_batch_and_write
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool 
     iterations = cells[0].recipe.iterations
     with StopRequest() as stop, Progress(len(todo) * iterations, progress, log_every) as bars:
         session = Session(config, device, bars, stop)
-        busy = [cell for cell in todo if not train_if_free(cell, session)]
+        if config.cells_per_gpu > 1:
+            busy = train_batches(todo, session, config.cells_per_gpu)
+        else:
+            busy = [cell for cell in todo if not train_if_free(cell, session)]
         for cell in busy:
             wait_and_train(cell, session, patience=None if wait_for_others else LOCK_PATIENCE_S)
     return collect(cells)
@@ -70,9 +74,38 @@ def train_if_free(cell: Cell, session: Session, *, settled_ok: bool = False) -> 
             return False
         if is_done(cell) or (settled_ok and failed_record(cell) is not None):
             session.progress.skip(cell.recipe.iterations)
+        elif session.config.cells_per_gpu > 1:
+            train_batch_and_write([cell], session)  # the batched model, as the run's other cells
         else:
             train_and_write(cell, session)
         return True
+
+
+def batches(cells: list[Cell], size: int) -> list[list[Cell]]:
+    """``cells`` in groups of at most ``size`` that can train as one batched model (one image size, one
+    recipe), in the order of their first cell."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.image.shape, cell.recipe), []).append(cell)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def train_batches(cells: list[Cell], session: Session, size: int) -> list[Cell]:
+    """Train ``cells`` ``size`` at a time as batched models; return those another process holds."""
+    busy = []
+    for batch in batches(cells, size):
+        with contextlib.ExitStack() as locks:
+            mine = []
+            for cell in batch:
+                if not locks.enter_context(try_lock(cell.run_dir.lock(cell.stem))):
+                    busy.append(cell)
+                elif is_done(cell):  # written by another process meanwhile
+                    session.progress.skip(cell.recipe.iterations)
+                else:
+                    mine.append(cell)
+            if mine:
+                train_batch_and_write(mine, session)
+    return busy
 
 
 def wait_and_train(cell: Cell, session: Session, patience: float | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Training one cell: restore the image, score it, and write its record (or its failed record).
+"""Training one cell, or a batch of cells as one model (--cells-per-gpu): restore the image, score it,
+and write its record (or its failed record).
 
 The record is what every report is recomputed from: PSNRs, the curve, timing, the mask's digest, the
 resolved configuration and the provenance (commit, software, machine).
@@ -6,6 +7,7 @@ resolved configuration and the provenance (commit, software, machine).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -29,7 +31,15 @@ from dip.baselines import interpolate_missing
 from dip.masks import apply_mask, mask_digest
 from dip.metrics import psnr, psnr_pasted
 from dip.nets import SkipNetConfig, build_network
-from dip.restore import Checkpointing, DivergenceError, TrainingStopped, restore
+from dip.restore import (
+    CellInput,
+    Checkpointing,
+    DivergenceError,
+    RestoreResult,
+    TrainingStopped,
+    restore,
+    restore_batch,
+)
 from dip.seeding import derived_seed
 from dip.timing import count_flops, peak_memory_bytes, reset_peak_memory
 
@@ -74,21 +84,34 @@ def run_cell(
         cell.mask,
         cell.recipe,
         partial(build_network, cell.recipe.net),  # built after seeding: weights from the seed alone
-        seed=derived_seed(cell.seed, f"net/{cell.info.key}"),
+        seed=cell_seed(cell),
         device=device,
         reference=cell.image,
         callback=callback,
         on_divergence=on_divergence,
         checkpointing=checkpointing,
     )
+    return cell_record(cell, result, device, on_divergence), result.output
+
+
+def cell_seed(cell: Cell) -> int:
+    """The seed of the cell's network weights, z and input noise."""
+    return derived_seed(cell.seed, f"net/{cell.info.key}")
+
+
+def cell_record(cell: Cell, result: RestoreResult, device: torch.device, on_divergence: str,
+                batch: list[Cell] | None = None) -> dict:
+    """The complete record of a cell restored as ``result``; ``batch``: the cells it was trained with as
+    one batched model (its timing is then the batched step's, for all of them)."""
     timing = result.timing
     best = max(result.curve, key=lambda p: p.psnr)
     height, width = cell.image.shape[:2]
     gflop = gflop_per_iteration(cell.recipe.net, height, width)
-    gflops = gflop / (timing.median_ms_per_iter / 1e3)
+    cells_per_step = len(batch) if batch else 1
+    gflops = gflop * cells_per_step / (timing.median_ms_per_iter / 1e3)  # what the device did per second
     peak = peak_tflops(device_name(device), cell.recipe.precision, cell.recipe.tf32) if device.type == "cuda" else None
     memory, memory_kind = peak_memory_bytes(device)
-    record = {
+    return {
         "schema": SCHEMA,
         "status": COMPLETE,
         "image": cell.info.key,
@@ -111,6 +134,8 @@ def run_cell(
         "resumed_at": result.resumed_at,  # iterations this cell was resumed from after a stop or a kill
         "curve": [dataclasses.asdict(p) for p in result.curve],
         "timing": timing.to_dict(),
+        # --cells-per-gpu: the cells of the batched model this cell trained in (its own stem among them)
+        **({"batch": [c.stem for c in batch]} if batch else {}),
         "gflop_per_iter": gflop,
         "gflops_achieved": gflops,
         "device_peak_tflops": peak,  # CUDA only, from bench.hardware's table; None if unknown
@@ -123,7 +148,6 @@ def run_cell(
         "provenance": provenance(device),
         "panel": cell.panel_path.relative_to(cell.run_dir.root).as_posix(),  # relative to the results directory
     }
-    return record, result.output
 
 
 def failure_record(cell: Cell, session: Session, reason: str) -> dict:
@@ -160,18 +184,29 @@ def train_and_write(cell: Cell, session: Session) -> None:
                          f"{cell.label}; checkpoint in {ckpt_path}; run the same command again to resume",
                          stop.exit_code) from None
     except DivergenceError as exc:
-        write_json_atomic(cell.path, failure_record(cell, session, str(exc)))
-        ckpt_path.unlink(missing_ok=True)
-        session.progress.note(f"{cell.label}: FAILED, {exc} (--on-divergence {session.config.on_divergence}); "
-                   f"the run goes on -> {cell.path}")
+        write_failure(cell, session, exc)
         return
+    write_result(cell, session, record, restored)
+
+
+def write_failure(cell: Cell, session: Session, exc: DivergenceError) -> None:
+    write_json_atomic(cell.path, failure_record(cell, session, str(exc)))
+    cell.run_dir.checkpoint(cell.stem).unlink(missing_ok=True)
+    session.progress.note(f"{cell.label}: FAILED, {exc} (--on-divergence {session.config.on_divergence}); "
+                          f"the run goes on -> {cell.path}")
+
+
+def write_result(cell: Cell, session: Session, record: dict, restored: np.ndarray) -> None:
+    """The panel, then the record (last: a record marks the cell complete); the checkpoint goes."""
     write_panel(cell.panel_path, cell.image, cell.mask, restored)
-    write_json_atomic(cell.path, record)  # last: a record marks the cell complete
-    ckpt_path.unlink(missing_ok=True)
+    write_json_atomic(cell.path, record)
+    cell.run_dir.checkpoint(cell.stem).unlink(missing_ok=True)
     restores = f", {len(record['divergences'])} non-finite losses undone" if record["divergences"] else ""
+    others = len(record.get("batch", [])) - 1
+    batched = f", batched with {others} more" if others > 0 else ""
     session.progress.note(
         f"{cell.info.name:<12} seed {cell.seed}: PSNR {record['psnr']:.2f} dB "
-        f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter, "
+        f"(paste-back {record['psnr_pasted']:.2f}), {record['timing']['median_ms_per_iter']:.1f} ms/iter{batched}, "
         f"{record['backtracks']} backtracks{restores} -> {cell.path}"
     )
 
@@ -183,3 +218,52 @@ def train_with_progress(cell: Cell, session: Session, checkpointing: Checkpointi
         session.progress.skip(start)
     with session.progress.cell(cell.label, cell.recipe.iterations, start) as callback:
         return run_cell(cell, session.device, callback, on_divergence=session.config.on_divergence, checkpointing=checkpointing)
+
+
+def train_batch_and_write(cells: list[Cell], session: Session) -> None:
+    """Train ``cells`` (one image size, one recipe) as batched models (dip.restore.restore_batch) and write
+    each one's record or failed record, as :func:`train_and_write` does for one cell. Cells whose
+    checkpoints resume at different iterations (or that start afresh) form one batch per iteration."""
+    stop, config = session.stop, session.config
+    if stop():
+        raise RunStopped(f"stopped by {stop.name} before {cells[0].label} and {len(cells) - 1} more; complete "
+                         f"records are kept; run the same command again to continue", stop.exit_code)
+    by_start: dict[int, list[tuple[Cell, Checkpointing]]] = {}
+    for cell in cells:
+        path = cell.run_dir.checkpoint(cell.stem)
+        state, note = load_checkpoint(path, cell.config, session.device)
+        if note:
+            session.progress.note(note)
+        ckpt = Checkpointing(every=config.checkpoint_every, save=partial(save_checkpoint, path, cell.config),
+                             resume=state, stop_requested=stop)
+        by_start.setdefault(state["loop"]["next_iteration"] if state else 0, []).append((cell, ckpt))
+    for start, batch in sorted(by_start.items(), reverse=True):  # the furthest along first
+        _train_batch([cell for cell, _ in batch], [ckpt for _, ckpt in batch], start, session)
+
+
+def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], start: int, session: Session) -> None:
+    stop, config, device = session.stop, session.config, session.device
+    labels = ", ".join(c.label for c in cells)
+    if start:
+        session.progress.note(f"{labels}: resuming from {'their checkpoints' if len(cells) > 1 else 'its checkpoint'} "
+                              f"at iteration {start}")
+        session.progress.skip(start * len(cells))
+    if len(cells) > 1:
+        session.progress.note(f"training {len(cells)} cells as one batched model: {labels}")
+    reset_peak_memory(device)
+    inputs = [CellInput(c.image, c.mask, cell_seed(c), reference=c.image) for c in cells]
+    with contextlib.ExitStack() as bars:
+        callbacks = [bars.enter_context(session.progress.cell(c.label, c.recipe.iterations, start)) for c in cells]
+        try:
+            results = restore_batch(inputs, cells[0].recipe, partial(build_network, cells[0].recipe.net), device=device,
+                                    callbacks=callbacks, on_divergence=config.on_divergence, checkpointing=ckpts)
+        except TrainingStopped as exc:
+            raise RunStopped(f"stopped by {stop.name} after iteration {exc.iteration} of {cells[0].recipe.iterations} "
+                             f"of {labels}; checkpoints in {cells[0].run_dir.checkpoint(cells[0].stem).parent}; run the "
+                             f"same command again to resume", stop.exit_code) from None
+    for cell, result in zip(cells, results):
+        if isinstance(result, DivergenceError):
+            write_failure(cell, session, result)
+        else:
+            write_result(cell, session, cell_record(cell, result, device, config.on_divergence, batch=cells),
+                         result.output)

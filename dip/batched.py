@@ -25,7 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from dip.recipe import RestoreConfig
 from dip.trainer import Trainer, autocast_context
+
+
+def check_batchable(config: RestoreConfig) -> None:
+    """Raise ValueError if cells of ``config`` cannot train as one batched model."""
+    refused = [name for name, on in (("fp16", config.precision == "fp16"), ("channels_last", config.channels_last),
+                                     ("compile", config.compile), ("cuda_graphs", config.cuda_graphs)) if on]
+    if refused:
+        raise ValueError(f"batched cells run fp32 or bf16, contiguous and eager; not with {', '.join(refused)}")
 
 
 def _per_cell(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -83,9 +92,7 @@ class BatchedTrainer:
         if len(shapes) > 1 or len(configs) > 1:
             raise ValueError(f"batched cells need one input shape and one recipe, got shapes {sorted(shapes)}")
         config = first.config
-        if config.precision == "fp16" or config.channels_last or config.compile or config.cuda_graphs:
-            raise ValueError("batched cells run fp32 or bf16, contiguous and eager (not fp16, channels_last, "
-                             "compile or CUDA graphs)")
+        check_batchable(config)
         self.trainers, self.config, self.device = trainers, config, first.device
         # (K, ...) leaves: each network's parameters and BatchNorm buffers stacked, copied from the trainers
         params, buffers = stack_module_state([t.net for t in trainers])

@@ -338,7 +338,7 @@ class _CellLoop:
     def _seen(self, i: int, out: torch.Tensor, loss: torch.Tensor) -> tuple[CurvePoint | None, bool]:
         """A step whose loss is read on the host: a non-finite one restores the last good state (or fails)
         and skips the step; a finite one gets the check, the curve point and the optimiser step."""
-        loop = self.loop
+        config, loop = self.config, self.loop
         loss_value = float(loss)
         if not math.isfinite(loss_value):
             if self.on_divergence == "fail":
@@ -354,9 +354,9 @@ class _CellLoop:
             loop.divergences.append(i)  # no optimiser step: its gradients are not finite
             return None, False
         loop.final_loss = loss_value
-        if self.config.ema_decay > 0:
+        if config.ema_decay > 0:
             o = out.detach()
-            loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - self.config.ema_decay)
+            loop.ema = o.clone() if loop.ema is None else loop.ema.lerp_(o, 1.0 - config.ema_decay)
         # As in the notebook, the step runs even after a backtrack, with the gradients just computed.
         return self._check_and_evaluate(i, loss_value, out), True
 

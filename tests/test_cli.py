@@ -35,6 +35,11 @@ def results(tmp_path):
         (["--image", "x.png", "--mask", "paper"], "--mask paper needs the published masks"),
         (["--with", "no-equals-sign"], "--with expects LABEL=DIR"),
         (["--with", "seed=/nonexistent/run"], "results directory /nonexistent/run does not exist"),
+        (["--cells-per-gpu", "0"], "cells_per_gpu must be >= 1, got 0"),
+        (["--cells-per-gpu", "2", "--channels-last"], "house: batched cells run fp32 or bf16, contiguous and eager; "
+                                                      "not with channels_last"),
+        (["--cells-per-gpu", "2", "--precision", "fp16"], "not with fp16"),
+        (["--cells-per-gpu", "2", "--executor", "local"], "--cells-per-gpu batches the cells of one process"),
     ],
 )
 def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data_dir, capsys):
@@ -104,6 +109,10 @@ def test_unknown_subcommand_and_flag_exit_2(capsys):
         main(["run", "--profile", "smoke", "--bogus", "5"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "unrecognized arguments: --bogus 5" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_info:  # a prefix of --results-dir is not taken for it
+        main(["report", "--results", "somewhere"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: --results somewhere" in err
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:

@@ -100,7 +100,9 @@ def header(records: list[dict], config: dict) -> str:
         f"- Recipe: {recipe_name}; iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
         f"{'on' if recipe['backtracking'] else 'off'}; mask {mask}",
         f"- Path: {execution_path(recipe)} ({recipe['precision']}, channels_last {recipe['channels_last']}, "
-        f"fused Adam {recipe.get('fused_adam', False)})",
+        f"fused Adam {recipe.get('fused_adam', False)})"
+        + (f"; up to {config['cells_per_gpu']} cells trained at once as one batched model (--cells-per-gpu): "
+           f"a cell's ms/iter is its batch's step" if config.get("cells_per_gpu", 1) > 1 else ""),
         f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
         f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",

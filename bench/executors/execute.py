@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.config import RunConfig
+from bench.errors import BenchError
 from bench.executors.options import ExecutorOptions
 from bench.plan import Cell
 from bench.progress import LOG_EVERY_S
@@ -32,6 +33,9 @@ def execute(config: RunConfig, options: ExecutorOptions, data_dir: Path, results
             log_every: float = LOG_EVERY_S) -> Finished | Submitted:
     """Run or submit every cell of ``config`` that has no complete record, as ``options`` says.
     ``log_every``: seconds between status lines when no bars are shown (inline executor)."""
+    if config.cells_per_gpu > 1 and options.executor != "inline":
+        raise BenchError(f"--cells-per-gpu batches the cells of one process; --executor {options.executor} runs "
+                         f"one cell per job: use --executor inline (one process per GPU)")
     if options.executor == "slurm":
         from bench.executors.slurm import execute_slurm
 

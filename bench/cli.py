@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(bf16: 1.8x; fp32, where the CPU or an instruction-set cap rules bf16 out: 0.8x)")
     speed_p.add_argument("--authors", action="store_true",
                          help="also time the authors' network and loop (bench/authors.py) and print the fast path's ratio to it")
+    speed_p.add_argument("--cells", type=int, metavar="K", default=1,
+                         help="also time K cells as one batched model (--cells-per-gpu K) against the K cells "
+                              "stepped alone, per cell-iteration (default 1: not timed)")
     speed_p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                          help="auto (default; cuda if available, else cpu), cpu, cuda or cuda:N")
 

@@ -7,12 +7,14 @@ so a user's first GPU run is its first test. This runs, in a few minutes:
    with the committed CPU baseline (reports/baselines/smoke.json) within its measured tolerance;
 2. **CUDA graphs against eager**: the same cells with ``--cuda-graphs``, each image within that
    tolerance of the eager run;
-3. **speed**: one paper-network iteration at 256x256 on both paths and the authors' code, ms/iter,
-   GFLOP/s and the fraction of the card's peak (bench/hardware.py);
+3. **batched cells against single cells**: the same cells as one batched model (``--cells-per-gpu 3``),
+   each image within that tolerance of the eager run;
+4. **speed**: one paper-network iteration at 256x256 on both paths and the authors' code, ms/iter,
+   GFLOP/s and the fraction of the card's peak (bench/hardware.py); and 4 cells at 256x256 as one
+   batched model against the same 4 stepped alone, per cell-iteration;
 
 and writes every number with its provenance to ``<work-dir>/gpu-check.json``, a file to attach to an
-issue. Batched cells (several networks per GPU, dip/batched.py) are not used by the runs yet, so
-they are not checked here; the record says so.
+issue.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from bench.provenance import device_name, provenance
 from bench.records import read_json, write_json_atomic
 from bench.regression import PartResult, check_outcome
 from bench.runner import run
-from bench.speed import measure_ratio
+from bench.speed import measure_batched, measure_ratio
 from bench.train import gflop_per_iteration
 from dip.nets import SkipNetConfig
 
@@ -44,9 +46,13 @@ def require_cuda() -> torch.device:
     return torch.device("cuda")
 
 
-def smoke_records(data_dir: Path, results_dir: Path, cuda_graphs: bool = False) -> list[dict]:
-    """The smoke profile on CUDA (fast path), eager or with whole-network CUDA graphs."""
-    overrides = {"run.device": "cuda", "recipe.cuda_graphs": cuda_graphs}
+# Cells per batched model in the batched speed measurement
+BATCHED_SPEED_CELLS = 4
+
+
+def smoke_records(data_dir: Path, results_dir: Path, cuda_graphs: bool = False, cells_per_gpu: int = 1) -> list[dict]:
+    """The smoke profile on CUDA (fast path): eager, with whole-network CUDA graphs, or batched."""
+    overrides = {"run.device": "cuda", "recipe.cuda_graphs": cuda_graphs, "run.cells_per_gpu": cells_per_gpu}
     outcome = run(build_config("smoke", overrides), data_dir, results_dir, progress=False)
     if outcome.failures:
         raise BenchError(f"gpu-check: {len(outcome.failures)} smoke cell(s) failed on CUDA: "
@@ -60,10 +66,11 @@ def against_cpu_baseline(records: list[dict], golden: dict) -> PartResult:
     return check_outcome(records, {**golden, "config": {**golden["config"], "device": device}})
 
 
-def graphs_against_eager(eager: list[dict], graphed: list[dict], per_image_db: float) -> dict:
-    """Per-image PSNR of the graphed run minus the eager run's; ok when each is within ``per_image_db``."""
+def against_eager(eager: list[dict], other: list[dict], per_image_db: float) -> dict:
+    """Per-image PSNR of another run of the same cells (graphed, batched) minus the eager run's; ok when
+    each is within ``per_image_db``."""
     eager_psnr = {r["image"]: r["psnr"] for r in eager}
-    deltas = {r["image"]: r["psnr"] - eager_psnr[r["image"]] for r in graphed}
+    deltas = {r["image"]: r["psnr"] - eager_psnr[r["image"]] for r in other}
     ok = set(deltas) == set(eager_psnr) and all(abs(d) <= per_image_db for d in deltas.values())
     return {"ok": ok, "delta_db": deltas, "tolerance_db": per_image_db}
 
@@ -84,19 +91,30 @@ def speed_at(size: int, device: torch.device) -> dict:
     }
 
 
+def batched_speed_at(size: int, cells: int, device: torch.device) -> dict:
+    m = measure_batched(size, cells, rounds=3, steps=5, device=str(device))
+    return {"size": size, "cells": cells, "alone_ms_per_cell": m.alone_s * 1e3, "batched_ms_per_cell": m.batched_s * 1e3,
+            "speed_up": m.ratio}
+
+
+def _largest_delta_line(name: str, part: dict) -> str:
+    largest = max((abs(d) for d in part["delta_db"].values()), default=math.nan)
+    return f"{'OK' if part['ok'] else 'FAIL'} {name}: largest |Δ| {largest:.2f} dB (tolerance ±{part['tolerance_db']:.2f})"
+
+
 def summary_lines(record: dict) -> list[str]:
     """What the command prints: one line per part."""
-    outcome, graphs, speed = record["cuda_vs_cpu"], record["graphs_vs_eager"], record["speed"]
+    outcome, speed, batched = record["cuda_vs_cpu"], record["speed"], record["batched_speed"]
     peak = speed["fraction_of_peak"]
     return [
         f"{'OK' if outcome['ok'] else 'FAIL'} CUDA vs CPU baseline: {outcome['lines'][-1]}",
-        f"{'OK' if graphs['ok'] else 'FAIL'} CUDA graphs vs eager: largest |Δ| "
-        f"{max((abs(d) for d in graphs['delta_db'].values()), default=math.nan):.2f} dB "
-        f"(tolerance ±{graphs['tolerance_db']:.2f})",
+        _largest_delta_line("CUDA graphs vs eager", record["graphs_vs_eager"]),
+        _largest_delta_line("batched cells vs single cells", record["batched_vs_single"]),
         f"speed {speed['size']}x{speed['size']}: fast {speed['fast_ms']:.1f} ms/iter ({speed['fast_precision']}), "
         f"{speed['fast_tflops']:.1f} TFLOP/s" + ("" if peak is None else f", {100 * peak:.1f}% of the card's peak")
         + f"; {speed['fast_vs_authors']:.2f}x the authors' code, {speed['fast_vs_reference']:.2f}x the reference path",
-        f"batched cells: {record['batched_cells']}",
+        f"batched {batched['cells']} cells at {batched['size']}x{batched['size']}: {batched['batched_ms_per_cell']:.1f} "
+        f"ms per cell-iteration, alone {batched['alone_ms_per_cell']:.1f}: {batched['speed_up']:.2f}x",
     ]
 
 
@@ -106,15 +124,17 @@ def gpu_check(data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR) -
     golden = read_json(goldens_dir / "smoke.json", "outcome baseline")
     eager = smoke_records(data_dir, work_dir / "eager")
     graphed = smoke_records(data_dir, work_dir / "graphs", cuda_graphs=True)
+    batched = smoke_records(data_dir, work_dir / "batched", cells_per_gpu=len(eager))
     outcome = against_cpu_baseline(eager, golden)
-    graphs = graphs_against_eager(eager, graphed, golden["tolerance"]["per_image_db"])
+    tolerance = golden["tolerance"]["per_image_db"]
+    graphs, batches = against_eager(eager, graphed, tolerance), against_eager(eager, batched, tolerance)
     record = {
-        "ok": outcome.ok and graphs["ok"],
+        "ok": outcome.ok and graphs["ok"] and batches["ok"],
         "cuda_vs_cpu": outcome.to_dict(),
         "graphs_vs_eager": graphs,
+        "batched_vs_single": batches,
         "speed": speed_at(256, device),
-        "batched_cells": "not checked: the runs train one network per process (dip/batched.py is tested on the "
-                         "CPU only; see the README's known limits)",
+        "batched_speed": batched_speed_at(256, BATCHED_SPEED_CELLS, device),
         "provenance": provenance(device),
     }
     write_json_atomic(work_dir / "gpu-check.json", record)

@@ -51,6 +51,9 @@ def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool 
     iterations = cells[0].recipe.iterations
     with StopRequest() as stop, Progress(len(todo) * iterations, progress, log_every) as bars:
         session = Session(config, device, bars, stop)
+        if config.cells_per_gpu > 1 and device.type == "cpu":
+            bars.note("note: on a CPU, batched cells train slower than cells one at a time (grouped convolutions; "
+                      "docs/speed.md, 'Many cells per GPU'): --cells-per-gpu is meant for GPUs")
         if config.cells_per_gpu > 1:
             busy = train_batches(todo, session, config.cells_per_gpu)
         else:

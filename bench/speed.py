@@ -19,6 +19,7 @@ import torch
 from bench.authors import AuthorsStep
 from bench.config import build_config
 from bench.execution import cell_recipe, resolve_device
+from dip.batched import BatchedTrainer
 from dip.nets import build_network
 from dip.recipe import RestoreConfig
 from dip.seeding import derived_seed
@@ -45,11 +46,14 @@ def speed_input(size: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def make_trainer(path: str, size: int, device: torch.device | str = "auto") -> Trainer:
-    """A Trainer of the paper network on :func:`speed_input`."""
+def make_trainer(path: str, size: int, device: torch.device | str = "auto", *, seed: int = 0,
+                 cells_per_gpu: int = 1) -> Trainer:
+    """A Trainer of the paper network on :func:`speed_input`; ``cells_per_gpu`` > 1: with the recipe the
+    fast path resolves to for batched cells (contiguous)."""
     device = resolve_device(str(device))
-    recipe = path_recipe(path, device)
-    return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=0, device=device)
+    config = build_config("paper", VARIANTS[path] | {"run.cells_per_gpu": cells_per_gpu})
+    recipe = cell_recipe(config, device, out_channels=1)
+    return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=seed, device=device)
 
 
 def make_anchor(size: int, device: torch.device | str = "auto") -> AuthorsStep:
@@ -124,6 +128,48 @@ def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, d
         fast_precision=trainers["fast"].config.precision,
         authors_s=statistics.median(samples["authors"]) if authors else None,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchedMeasurement:
+    size: int
+    cells: int
+    alone_s: float  # median seconds per cell-iteration, the cells' fast-path trainers stepped one after another
+    batched_s: float  # median seconds per cell-iteration, one batched step of all the cells
+    rounds: int
+
+    @property
+    def ratio(self) -> float:
+        return self.alone_s / self.batched_s
+
+
+def batched_step(batch: BatchedTrainer) -> None:
+    batch.forward_backward()
+    batch.optimizer_step()
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize(batch.device)
+
+
+def measure_batched(size: int, cells: int, rounds: int = 3, steps: int = 2, warmup: int = 2,
+                    device: str = "auto") -> BatchedMeasurement:
+    """``cells`` fast-path cells stepped alone, one after another, against one batched model of them
+    (--cells-per-gpu), in alternating rounds; both per cell-iteration."""
+    alone = [make_trainer("fast", size, device, seed=k) for k in range(cells)]
+    batch = BatchedTrainer([make_trainer("fast", size, device, seed=k, cells_per_gpu=cells) for k in range(cells)])
+
+    def time_alone(n: int) -> float:
+        return sum(time_steps(trainer, n) for trainer in alone) / cells
+
+    def time_batched(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            batched_step(batch)
+        return (time.perf_counter() - start) / n / cells
+
+    time_alone(warmup), time_batched(warmup)
+    samples = [(time_alone(steps), time_batched(steps)) for _ in range(rounds)]
+    return BatchedMeasurement(size, cells, statistics.median(a for a, _ in samples),
+                              statistics.median(b for _, b in samples), rounds)
 
 
 def operator_profile(path: str, size: int, steps: int = 3, top: int = 12, device: str = "auto") -> list[dict]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.gpu_check import against_cpu_baseline, graphs_against_eager, require_cuda, summary_lines
+from bench.gpu_check import against_cpu_baseline, against_eager, require_cuda, summary_lines
 from tests.conftest import REPO_ROOT
 from tests.test_report import fixture_record
 
@@ -45,12 +45,12 @@ def test_cuda_is_compared_with_the_cpu_baseline_despite_the_device():
     assert not far.ok and far.lines[0].startswith("house: 31.50 dB vs baseline 30.00 dB")
 
 
-def test_graphs_are_compared_with_eager_image_by_image():
+def test_graphs_and_batches_are_compared_with_eager_image_by_image():
     eager = cuda_records(30.0, 25.0, 28.0)
-    close = graphs_against_eager(eager, cuda_records(30.5, 24.6, 28.0), per_image_db=1.0)
+    close = against_eager(eager, cuda_records(30.5, 24.6, 28.0), per_image_db=1.0)
     assert close["ok"] and close["delta_db"]["house"] == pytest.approx(0.5)
-    assert not graphs_against_eager(eager, cuda_records(30.0, 26.5, 28.0), per_image_db=1.0)["ok"]
-    assert not graphs_against_eager(eager, cuda_records(30.0, 25.0), per_image_db=1.0)["ok"]  # a cell missing
+    assert not against_eager(eager, cuda_records(30.0, 26.5, 28.0), per_image_db=1.0)["ok"]
+    assert not against_eager(eager, cuda_records(30.0, 25.0), per_image_db=1.0)["ok"]  # a cell missing
 
 
 def test_summary_names_each_part_and_the_fraction_of_peak():
@@ -59,11 +59,13 @@ def test_summary_names_each_part_and_the_fraction_of_peak():
         "graphs_vs_eager": {"ok": False, "delta_db": {"house": 0.2, "cman": -1.5}, "tolerance_db": 1.0},
         "speed": {"size": 256, "fast_ms": 2.5, "fast_precision": "bf16", "fast_tflops": 46.0, "fraction_of_peak": 0.0465,
                   "fast_vs_authors": 12.0, "fast_vs_reference": 3.0},
-        "batched_cells": "not built yet",
+        "batched_vs_single": {"ok": True, "delta_db": {"house": -0.1, "cman": 0.04}, "tolerance_db": 1.0},
+        "batched_speed": {"size": 256, "cells": 4, "alone_ms_per_cell": 2.5, "batched_ms_per_cell": 1.25, "speed_up": 2.0},
     }
     lines = summary_lines(record)
     assert lines[0] == "OK CUDA vs CPU baseline: outcome: 3 images after 400 iterations; mean Δ +0.10 dB"
     assert lines[1] == "FAIL CUDA graphs vs eager: largest |Δ| 1.50 dB (tolerance ±1.00)"
-    assert lines[2] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
+    assert lines[2] == "OK batched cells vs single cells: largest |Δ| 0.10 dB (tolerance ±1.00)"
+    assert lines[3] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
                         "12.00x the authors' code, 3.00x the reference path")
-    assert lines[3] == "batched cells: not built yet"
+    assert lines[4] == "batched 4 cells at 256x256: 1.2 ms per cell-iteration, alone 2.5: 2.00x"

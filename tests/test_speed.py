@@ -10,7 +10,15 @@ from bench.analysis.speed_report import render_speed, speed_table
 from bench.authors import authors_skip
 from bench.cli import main
 from bench.errors import BenchError
-from bench.speed import RatioMeasurement, make_anchor, make_trainer, operator_profile, time_steps
+from bench.speed import (
+    BatchedMeasurement,
+    RatioMeasurement,
+    make_anchor,
+    make_trainer,
+    measure_batched,
+    operator_profile,
+    time_steps,
+)
 from dip.nets import SkipNetConfig, build_network, count_parameters
 
 
@@ -73,11 +81,16 @@ def test_ratio_gate_fails_below_the_threshold(monkeypatch, capsys, ratio, code):
         return RatioMeasurement(size, reference_s=ratio * 0.4, fast_s=0.4, rounds=rounds, steps_per_round=steps,
                                 reference_precision="fp32", fast_precision="bf16", authors_s=2.0 if authors else None)
 
+    def fake_batched(size, cells, rounds, steps, device):
+        return BatchedMeasurement(size, cells, alone_s=0.3, batched_s=0.1, rounds=rounds)
+
     monkeypatch.setattr(bench.speed, "measure_ratio", fake)
-    assert main(["speed", "--size", "256", "--min-ratio", "1.8", "--authors"]) == code
+    monkeypatch.setattr(bench.speed, "measure_batched", fake_batched)
+    assert main(["speed", "--size", "256", "--min-ratio", "1.8", "--authors", "--cells", "4"]) == code
     out = capsys.readouterr().out
     assert f"speed-up {ratio:.2f}x" in out
     assert "the authors' code (fp32, eager) 2000 ms/iter: fast path 5.00x" in out
+    assert "256x256: 4 cells as one batched model 100 ms per cell-iteration, alone one after another 300: batching 3.00x" in out
     assert ("FAIL" in out) == (code == 1)
 
 
@@ -114,3 +127,9 @@ def test_operator_profile_lists_the_heaviest_operators():
     assert 1 <= len(rows) <= 5
     assert all(r["ms_per_step"] >= 0 and 0 <= r["share"] <= 1 for r in rows)
     assert rows == sorted(rows, key=lambda r: r["ms_per_step"], reverse=True)
+
+
+def test_batched_timing_steps_the_cells_alone_and_as_one_model():
+    m = measure_batched(64, cells=2, rounds=1, steps=1, warmup=1, device="cpu")
+    assert m.alone_s > 0 and m.batched_s > 0 and m.ratio == m.alone_s / m.batched_s
+    assert (m.size, m.cells, m.rounds) == (64, 2, 1)

@@ -75,10 +75,10 @@ SPEED_GATES = {"bf16": 1.8, "fp16": 1.8, "fp32": 0.8}
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.speed import measure_ratio
+    from bench.speed import measure_batched, measure_ratio
 
-    if args.rounds < 1 or args.steps < 1:
-        raise BenchError("--rounds and --steps must be >= 1")
+    if args.rounds < 1 or args.steps < 1 or args.cells < 1:
+        raise BenchError("--rounds, --steps and --cells must be >= 1")
     check_size(args.size)
     m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device, authors=args.authors)
     print(
@@ -89,6 +89,10 @@ def cmd_speed(args: argparse.Namespace) -> int:
     if m.authors_s is not None:
         print(f"{m.size}x{m.size}: the authors' code (fp32, eager) {m.authors_s * 1e3:.0f} ms/iter: "
               f"fast path {m.fast_vs_authors:.2f}x, reference path {m.authors_s / m.reference_s:.2f}x its speed")
+    if args.cells > 1:
+        b = measure_batched(args.size, args.cells, rounds=args.rounds, steps=args.steps, device=args.device)
+        print(f"{b.size}x{b.size}: {b.cells} cells as one batched model {b.batched_s * 1e3:.0f} ms per cell-iteration, "
+              f"alone one after another {b.alone_s * 1e3:.0f}: batching {b.ratio:.2f}x")
     required = SPEED_GATES[m.fast_precision] if args.gate else args.min_ratio
     if required is not None and m.ratio < required:
         print(f"FAIL speed-up {m.ratio:.2f}x is below the required {required:g}x")

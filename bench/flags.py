@@ -80,7 +80,8 @@ HELP: dict[str, str] = {
     "recipe.backtrack_drop_db": "drop of the masked PSNR (dB) since the last accepted check that backtracks",
     "recipe.eval_every": "iterations between curve points (loss, PSNRs); one host sync each",
     "recipe.ema_decay": "decay of the moving average of the output (a second estimate), in [0, 1); 0 = off",
-    "recipe.cuda_graphs": "CUDA only: replay forward and backward as CUDA graphs (not with fp16 or --compile)",
+    "recipe.cuda_graphs": "CUDA only: replay the whole step (input noise, forward, loss, backward, Adam) as "
+                          "CUDA graphs (not with fp16, --compile or --cells-per-gpu)",
     "recipe.compile": "torch.compile the network",
     "recipe.timer_warmup": "first iterations left out of the timing (allocator growth, kernel autotuning)",
     "recipe.timer_window": "iterations per timing window (one host sync each on CUDA)",

@@ -41,7 +41,7 @@ class RestoreConfig:
     fused_adam: bool = False  # one fused kernel for Adam's update (CPU and CUDA)
     tf32: bool = False  # CUDA only: TF32 tensor cores for fp32 convolutions and matmuls
     cudnn_benchmark: bool = False  # CUDA only: autotune convolution algorithms for the fixed shapes
-    cuda_graphs: bool = False  # CUDA only: replay forward + backward as CUDA graphs
+    cuda_graphs: bool = False  # CUDA only: the whole step replayed as CUDA graphs (dip.graphs)
     compile: bool = False  # torch.compile the network
     timer_warmup: int = 5
     timer_window: int = 50

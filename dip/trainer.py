@@ -3,8 +3,8 @@
 :class:`Trainer` holds the network, Adam, the fixed input z and the noise generator; one iteration is
 ``forward_backward()`` (the masked MSE of one perturbed input and its gradients) then
 ``optimizer_step()``, which leaves the state unchanged on the device when the loss or a gradient
-is not finite, where the optimiser can (fused Adam, or a GradScaler): no host read per step. The
-loop around it (evaluation, backtracking, divergence, checkpoints, timing) is
+is not finite, where the optimiser can (fused Adam, or a GradScaler): no host read per step. With
+``cuda_graphs`` both halves are replayed as CUDA graphs (:mod:`dip.graphs`). The loop around it (evaluation, backtracking, divergence, checkpoints, timing) is
 :func:`dip.restore.restore`; the speed benchmark times the step alone.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dip.graphs import WholeStepGraphs
 from dip.recipe import RestoreConfig
 from dip.seeding import seed_everything
 
@@ -109,7 +110,9 @@ class Trainer:
         self.mask = to_tensor(mask, device)  # (1, 1, H, W)
         self.x_masked = to_tensor(observed, device) * self.mask  # (1, C, H, W), dropped pixels zeroed
         self.params = list(self.net.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=config.fused_adam or None)
+        # capturable: Adam's step count and bias corrections stay on the device, as CUDA graphs need
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=config.fused_adam or None,
+                                          capturable=config.cuda_graphs)
         self.scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
         # 1.0 where the last step's loss or a gradient was not finite; fused Adam then skips its update
         # (and its step count) on the device, as under a GradScaler, so no host read is needed to guard it.
@@ -119,7 +122,8 @@ class Trainer:
         self._unit_scale = torch.ones((), device=device)
         if self._guards_on_device:
             self.optimizer.found_inf = self.found_inf  # read by torch.optim.Adam.step for fused kernels
-        self.model = self._accelerated(self.net)
+        self.model = torch.compile(self.net) if config.compile else self.net
+        self.graphs = WholeStepGraphs(self) if config.cuda_graphs else None  # the whole step, replayed
 
     @property
     def skips_non_finite_steps(self) -> bool:
@@ -127,20 +131,27 @@ class Trainer:
         (fused Adam or a GradScaler). Plain Adam cannot: its update then writes NaN into the parameters."""
         return self.scaler is not None or self._guards_on_device
 
-    def _accelerated(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        if self.config.compile:
-            return torch.compile(net)
-        if self.config.cuda_graphs:
-            # make_graphed_callables warms up on a side stream, then captures forward and backward;
-            # autocast's weight-cast cache must be off inside captured regions. Not run on a GPU yet.
-            with autocast_context(self.device, self.config.precision, cache_enabled=False):
-                return torch.cuda.make_graphed_callables(net, (self.net_input,))
-        return net
-
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One perturbed input through the network and back. Returns (output (1, C, H, W), loss)."""
+        if self.graphs is not None:
+            return self.graphs.forward_backward()
+        return self.eager_forward_backward()
+
+    def optimizer_step(self) -> None:
+        if self.graphs is not None:
+            self.graphs.optimizer_step()
+        else:
+            self.eager_optimizer_step()
+
+    def eager_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.next_input()
         self.optimizer.zero_grad(set_to_none=True)
+        return self.forward_loss_backward()
+
+    def forward_loss_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network on ``net_input``, the masked loss, its gradients and the non-finite guard: device
+        work only (what a CUDA graph captures). Returns (output (1, C, H, W), loss)."""
+        # autocast's weight-cast cache must be off inside a captured region
         with autocast_context(self.device, self.config.precision, cache_enabled=not self.config.cuda_graphs):
             out = self.model(self.net_input)
         out = out.float()  # the loss is computed in fp32
@@ -152,14 +163,18 @@ class Trainer:
 
     def next_input(self) -> torch.Tensor:
         """The next step's network input (1, 32, H, W), written into ``net_input`` from this cell's generator."""
+        self.draw_input(walk=self.steps > 0)  # cumulative: the first step sees z itself, as in the seed reproduction
+        self.steps += 1
+        return self.net_input
+
+    def draw_input(self, walk: bool) -> None:
+        """Fresh noise into ``net_input``: around the fixed z, or (cumulative, where ``walk``) added to it."""
         if self.config.input_noise == "fixed":
             self.noise_buffer.normal_(generator=self.noise_gen)
             torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
-        elif self.steps > 0:  # cumulative: the first step sees z itself, as in the seed reproduction
+        elif walk:
             self.noise_buffer.normal_(generator=self.noise_gen)
             self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
-        self.steps += 1
-        return self.net_input
 
     def _find_non_finite(self, loss: torch.Tensor) -> None:
         """found_inf <- 1.0 if the loss or any gradient is not finite, computed on the device."""
@@ -168,7 +183,7 @@ class Trainer:
         # GradScaler's fused check (it also multiplies by the inverse scale, here exactly 1)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self._unit_scale)
 
-    def optimizer_step(self) -> None:
+    def eager_optimizer_step(self) -> None:
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -187,10 +202,27 @@ class Trainer:
         return copy.deepcopy(self.optimizer.state_dict())  # deep: the live state tensors change in place
 
     def restore_optimizer_state(self, kept: dict) -> None:
+        if self.graphs is not None and self.graphs.captured:
+            self._copy_optimizer_state(kept)
+            return
         # load_state_dict keeps tensors that already have the right device and dtype: copy, or the
         # next steps would update the kept snapshot in place.
         self.optimizer.load_state_dict(copy.deepcopy(kept))
         self.optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def _copy_optimizer_state(self, kept: dict) -> None:
+        """Adam's state as ``kept`` has it, copied into the live tensors that a captured graph updates (an
+        empty ``kept``, taken before the first step, zeroes them: what Adam starts from)."""
+        for j, param in enumerate(self.params):
+            live, saved = self.optimizer.state[param], kept["state"].get(j)
+            for key, value in live.items():
+                if not torch.is_tensor(value):
+                    continue
+                if saved:
+                    value.copy_(saved[key])
+                else:
+                    value.zero_()
 
     def state_dict(self) -> dict:
         """What a resumed Trainer needs to take the same next step (live tensors: serialise at once)."""

@@ -64,7 +64,7 @@ HELP: dict[str, str] = {
     "run.tf32": "CUDA only: TF32 tensor cores for fp32 convolutions; the fast path uses them",
     "run.cudnn_benchmark": "CUDA only: autotune cuDNN's convolution algorithms; the fast path does",
     "run.cells_per_gpu": "cells of one image size trained at once as one batched model (fills a GPU; "
-                         "fp32 or bf16, contiguous, eager); 1 = each cell alone",
+                         "fp32 or bf16, contiguous, not compiled); 1 = each cell alone",
     "run.checkpoint_every": "iterations between a cell's checkpoints; 0 = only on SIGINT/SIGTERM",
     "run.on_divergence": "on a non-finite loss: backtrack (restore the last good state and go on) or fail the cell",
     # recipe
@@ -81,7 +81,7 @@ HELP: dict[str, str] = {
     "recipe.eval_every": "iterations between curve points (loss, PSNRs); one host sync each",
     "recipe.ema_decay": "decay of the moving average of the output (a second estimate), in [0, 1); 0 = off",
     "recipe.cuda_graphs": "CUDA only: replay the whole step (input noise, forward, loss, backward, Adam) as "
-                          "CUDA graphs (not with fp16, --compile or --cells-per-gpu)",
+                          "CUDA graphs (not with fp16 or --compile)",
     "recipe.compile": "torch.compile the network",
     "recipe.timer_warmup": "first iterations left out of the timing (allocator growth, kernel autotuning)",
     "recipe.timer_window": "iterations per timing window (one host sync each on CUDA)",

@@ -47,11 +47,11 @@ def speed_input(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_trainer(path: str, size: int, device: torch.device | str = "auto", *, seed: int = 0,
-                 cells_per_gpu: int = 1) -> Trainer:
+                 cells_per_gpu: int = 1, cuda_graphs: bool = False) -> Trainer:
     """A Trainer of the paper network on :func:`speed_input`; ``cells_per_gpu`` > 1: with the recipe the
     fast path resolves to for batched cells (contiguous)."""
     device = resolve_device(str(device))
-    config = build_config("paper", VARIANTS[path] | {"run.cells_per_gpu": cells_per_gpu})
+    config = build_config("paper", VARIANTS[path] | {"run.cells_per_gpu": cells_per_gpu, "recipe.cuda_graphs": cuda_graphs})
     recipe = cell_recipe(config, device, out_channels=1)
     return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=seed, device=device)
 
@@ -151,11 +151,13 @@ def batched_step(batch: BatchedTrainer) -> None:
 
 
 def measure_batched(size: int, cells: int, rounds: int = 3, steps: int = 2, warmup: int = 2,
-                    device: str = "auto") -> BatchedMeasurement:
+                    device: str = "auto", cuda_graphs: bool = False) -> BatchedMeasurement:
     """``cells`` fast-path cells stepped alone, one after another, against one batched model of them
-    (--cells-per-gpu), in alternating rounds; both per cell-iteration."""
-    alone = [make_trainer("fast", size, device, seed=k) for k in range(cells)]
-    batch = BatchedTrainer([make_trainer("fast", size, device, seed=k, cells_per_gpu=cells) for k in range(cells)])
+    (--cells-per-gpu), in alternating rounds; both per cell-iteration, both with or both without
+    ``cuda_graphs``. (The warm-up should outlast the graphs' eager warm-up steps.)"""
+    alone = [make_trainer("fast", size, device, seed=k, cuda_graphs=cuda_graphs) for k in range(cells)]
+    batch = BatchedTrainer([make_trainer("fast", size, device, seed=k, cells_per_gpu=cells, cuda_graphs=cuda_graphs)
+                            for k in range(cells)])
 
     def time_alone(n: int) -> float:
         return sum(time_steps(trainer, n) for trainer in alone) / cells

@@ -14,7 +14,8 @@ skipped non-finite step leaves the others alone. :class:`BatchedTrainer` is buil
 :class:`dip.trainer.Trainer` objects (fresh or loaded from checkpoints), so each cell keeps the
 weights, z, noise generator and optimiser state its seed gives it alone, and :meth:`BatchedTrainer.cell`
 hands the restoration loop one cell with the Trainer's backtracking interface. It takes the same
-steps as K separate trainers, up to the rounding of the grouped arithmetic (tested).
+steps as K separate trainers, up to the rounding of the grouped arithmetic (tested). With
+``cuda_graphs`` the whole batched step is replayed as CUDA graphs (dip.graphs), as for one cell.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+from dip.graphs import WholeStepGraphs
 from dip.recipe import RestoreConfig
 from dip.trainer import Trainer, autocast_context
 
@@ -32,9 +34,10 @@ from dip.trainer import Trainer, autocast_context
 def check_batchable(config: RestoreConfig) -> None:
     """Raise ValueError if cells of ``config`` cannot train as one batched model."""
     refused = [name for name, on in (("fp16", config.precision == "fp16"), ("channels_last", config.channels_last),
-                                     ("compile", config.compile), ("cuda_graphs", config.cuda_graphs)) if on]
+                                     ("compile", config.compile)) if on]
     if refused:
-        raise ValueError(f"batched cells run fp32 or bf16, contiguous and eager; not with {', '.join(refused)}")
+        raise ValueError(f"batched cells run fp32 or bf16, contiguous, eager or as CUDA graphs; not with "
+                         f"{', '.join(refused)}")
 
 
 def _per_cell(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -75,7 +78,7 @@ class BatchedAdam:
             update = _per_cell(step_size, param) * m / denom
             param.copy_(torch.where(keep, param - update, param))
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self.params:
             param.grad = None
 
@@ -113,6 +116,10 @@ class BatchedTrainer:
             self.cell(k).restore_optimizer_state(trainer.optimizer.state_dict())  # a resumed cell's Adam
         self._model = vmap(self._one_network, in_dims=(0, 0, 0))
         self.last_inputs: torch.Tensor | None = None
+        # The host's skips for the next optimiser step (K,), copied to the device only when they change
+        self.skip = torch.zeros(len(trainers), dtype=torch.bool, device=self.device)
+        self._skip_on_host = [False] * len(trainers)
+        self.graphs = WholeStepGraphs(self) if config.cuda_graphs else None  # the whole step, replayed
 
     def __len__(self) -> int:
         return len(self.trainers)
@@ -122,11 +129,43 @@ class BatchedTrainer:
 
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All K cells forward and back. Returns (outputs (K, 1, C, H, W), losses (K,)), without host reads."""
+        if self.graphs is not None:
+            return self.graphs.forward_backward()
+        return self.eager_forward_backward()
+
+    def optimizer_step(self, skip: list[bool] | None = None) -> None:
+        """One Adam step for every cell but those ``skip`` names (and, where Adam is fused, those whose
+        loss or gradients are not finite: skipped on the device, as each Trainer alone skips them)."""
+        skip = [False] * len(self) if skip is None else list(skip)
+        if skip != self._skip_on_host:
+            self.skip.copy_(torch.tensor(skip))
+            self._skip_on_host = skip
+        if self.graphs is not None:
+            self.graphs.optimizer_step()
+        else:
+            self.eager_optimizer_step()
+
+    def eager_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad()
         # (K, 1, 32, H, W): each cell's next input, from its own generator (as its Trainer draws it alone)
-        self.last_inputs = torch.stack([t.next_input() for t in self.trainers])
-        with autocast_context(self.device, self.config.precision):
-            out = self._model(self.params, self.buffers, self.last_inputs)
+        return self._forward_loss_backward(torch.stack([t.next_input() for t in self.trainers]))
+
+    def graph_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        for trainer in self.trainers:
+            trainer.draw_input(walk=True)  # captured after the warm-up steps
+        return self._forward_loss_backward(torch.stack([t.net_input for t in self.trainers]))
+
+    def count_step(self) -> None:
+        for trainer in self.trainers:
+            trainer.count_step()
+
+    def generators(self) -> list[torch.Generator]:
+        return [t.noise_gen for t in self.trainers]
+
+    def _forward_loss_backward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.last_inputs = inputs
+        with autocast_context(self.device, self.config.precision, cache_enabled=not self.config.cuda_graphs):
+            out = self._model(self.params, self.buffers, inputs)
         out = out.float()  # the loss is computed in fp32
         per_pixel = F.mse_loss(out * self.mask, self.x_masked, reduction="none")  # (K, 1, C, H, W)
         losses = per_pixel.flatten(1).mean(dim=1)  # (K,): each cell's masked MSE over all its pixels
@@ -142,14 +181,8 @@ class BatchedTrainer:
             finite &= torch.isfinite(param.grad).flatten(1).all(dim=1)
         torch.logical_not(finite, out=self.found_inf)
 
-    def optimizer_step(self, skip: list[bool] | None = None) -> None:
-        """One Adam step for every cell but those ``skip`` names (and, where Adam is fused, those whose
-        loss or gradients are not finite: skipped on the device, as each Trainer alone skips them)."""
-        skipped = torch.zeros(len(self), dtype=torch.bool) if skip is None else torch.tensor(skip)
-        skipped = skipped.to(self.device)
-        if self.guards_on_device:
-            skipped = skipped | self.found_inf
-        self.optimizer.step(skipped)
+    def eager_optimizer_step(self) -> None:
+        self.optimizer.step(self.skip | self.found_inf if self.guards_on_device else self.skip)
 
     @torch.no_grad()
     def final_outputs(self) -> torch.Tensor:

@@ -161,6 +161,16 @@ class Trainer:
             self._find_non_finite(loss)
         return out, loss.detach()
 
+    def graph_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.draw_input(walk=True)  # captured after the warm-up steps: a walking z has left its start
+        return self.forward_loss_backward()
+
+    def count_step(self) -> None:
+        self.steps += 1
+
+    def generators(self) -> list[torch.Generator]:
+        return [self.noise_gen]
+
     def next_input(self) -> torch.Tensor:
         """The next step's network input (1, 32, H, W), written into ``net_input`` from this cell's generator."""
         self.draw_input(walk=self.steps > 0)  # cumulative: the first step sees z itself, as in the seed reproduction

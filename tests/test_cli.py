@@ -36,8 +36,8 @@ def results(tmp_path):
         (["--with", "no-equals-sign"], "--with expects LABEL=DIR"),
         (["--with", "seed=/nonexistent/run"], "results directory /nonexistent/run does not exist"),
         (["--cells-per-gpu", "0"], "cells_per_gpu must be >= 1, got 0"),
-        (["--cells-per-gpu", "2", "--channels-last"], "house: batched cells run fp32 or bf16, contiguous and eager; "
-                                                      "not with channels_last"),
+        (["--cells-per-gpu", "2", "--channels-last"], "house: batched cells run fp32 or bf16, contiguous, eager or as "
+                                                      "CUDA graphs; not with channels_last"),
         (["--cells-per-gpu", "2", "--precision", "fp16"], "not with fp16"),
         (["--cells-per-gpu", "2", "--executor", "local"], "--cells-per-gpu batches the cells of one process"),
     ],

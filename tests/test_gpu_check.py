@@ -60,12 +60,14 @@ def test_summary_names_each_part_and_the_fraction_of_peak():
         "speed": {"size": 256, "fast_ms": 2.5, "fast_precision": "bf16", "fast_tflops": 46.0, "fraction_of_peak": 0.0465,
                   "fast_vs_authors": 12.0, "fast_vs_reference": 3.0},
         "batched_vs_single": {"ok": True, "delta_db": {"house": -0.1, "cman": 0.04}, "tolerance_db": 1.0},
+        "batched_graphs_vs_single": {"ok": True, "delta_db": {"house": 0.3, "cman": 0.0}, "tolerance_db": 1.0},
         "batched_speed": {"size": 256, "cells": 4, "alone_ms_per_cell": 2.5, "batched_ms_per_cell": 1.25, "speed_up": 2.0},
     }
     lines = summary_lines(record)
     assert lines[0] == "OK CUDA vs CPU baseline: outcome: 3 images after 400 iterations; mean Δ +0.10 dB"
     assert lines[1] == "FAIL CUDA graphs vs eager: largest |Δ| 1.50 dB (tolerance ±1.00)"
     assert lines[2] == "OK batched cells vs single cells: largest |Δ| 0.10 dB (tolerance ±1.00)"
-    assert lines[3] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
+    assert lines[3] == "OK batched cells as CUDA graphs vs single cells: largest |Δ| 0.30 dB (tolerance ±1.00)"
+    assert lines[4] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
                         "12.00x the authors' code, 3.00x the reference path")
-    assert lines[4] == "batched 4 cells at 256x256: 1.2 ms per cell-iteration, alone 2.5: 2.00x"
+    assert lines[5] == "batched 4 cells at 256x256 (CUDA graphs): 1.2 ms per cell-iteration, alone 2.5: 2.00x"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dip.batched import BatchedTrainer
 from dip.graphs import WholeStepGraphs
 from dip.masks import bernoulli_mask
 from dip.nets import SkipNetConfig, build_network
@@ -28,23 +29,26 @@ def trainer_of(config: RestoreConfig) -> Trainer:
     return Trainer(IMAGE, MASK, config, partial(build_network, config.net), seed=0, device=torch.device("cpu"))
 
 
-def with_eager_graphs(trainer: Trainer, captures: list[int], warmup: int = 3) -> Trainer:
+def with_eager_graphs(stepper, captures: list[int], warmup: int = 3):
+    """``stepper`` (a Trainer or a BatchedTrainer) with its step behind WholeStepGraphs and an eager
+    stand-in for the capture; ``captures`` collects the warm-up steps taken at each capture."""
+
     def capture(body_a, body_b):
-        captures.append(trainer.steps)
+        captures.append(stepper.graphs.eager_steps)
 
         def replay_a():
-            trainer.optimizer.zero_grad(set_to_none=True)
-            captured = trainer.graphs.static
+            stepper.optimizer.zero_grad(set_to_none=True)
+            captured = stepper.graphs.static
             body_a()
             if captured is not None:  # a graph's outputs live at fixed addresses: each replay overwrites them
-                for old, new in zip(captured, trainer.graphs.static):
+                for old, new in zip(captured, stepper.graphs.static):
                     old.copy_(new)
-                trainer.graphs.static = captured
+                stepper.graphs.static = captured
 
         return replay_a, body_b
 
-    trainer.graphs = WholeStepGraphs(trainer, capture=capture, warmup=warmup)
-    return trainer
+    stepper.graphs = WholeStepGraphs(stepper, capture=capture, warmup=warmup)
+    return stepper
 
 
 def steps(trainer: Trainer, count: int) -> list[torch.Tensor]:
@@ -100,3 +104,29 @@ def test_before_the_capture_the_state_is_restored_as_without_graphs():
     assert not trainer.graphs.captured
     assert all(torch.equal(trainer.optimizer.state_dict()["state"][j]["exp_avg"], kept["state"][j]["exp_avg"])
                for j in kept["state"])
+
+
+def test_a_batched_step_replays_as_it_steps_eagerly():
+    """K cells as one model behind the graphs (the skips of the host read and the device guard included):
+    the same steps, bit for bit, as the eager batched model."""
+    config = RestoreConfig(fused_adam=True, net=TINY_NET)
+    images = [np.random.default_rng(k).random((32, 32), dtype=np.float32) for k in range(3)]
+
+    def batch():
+        return BatchedTrainer([Trainer(image, MASK, config, partial(build_network, config.net), seed=k,
+                                       device=torch.device("cpu")) for k, image in enumerate(images)])
+
+    eager, captures = batch(), []
+    graphed = with_eager_graphs(batch(), captures)
+    skips = [None, None, [False, True, False], None, None, [True, False, False], None, None]
+    for skip in skips:
+        (out_e, loss_e), (out_g, loss_g) = eager.forward_backward(), graphed.forward_backward()
+        assert torch.equal(out_e, out_g) and torch.equal(loss_e, loss_g)
+        eager.optimizer_step(skip)
+        graphed.optimizer_step(skip)
+    assert captures == [3]
+    for name in eager.params:
+        assert torch.equal(eager.params[name], graphed.params[name])
+    assert torch.equal(eager.optimizer.steps, graphed.optimizer.steps)
+    assert eager.optimizer.steps.tolist() == [7.0, 7.0, 8.0]  # cells 1 and 0 skipped one step each
+    assert [t.steps for t in graphed.trainers] == [8, 8, 8]

@@ -215,22 +215,27 @@ def restore_batch(
     timer = _start_timer(config, start, device, ckpts[0].resume)
     for i in range(start, config.iterations):
         outs, losses = batch.forward_backward()  # (K, 1, C, H, W), (K,)
-        skip = [True] * count
+        skip, points = [True] * count, {}
         for k, loop in enumerate(loops):
             if outcome[k] is not None:
                 continue  # given up on: its updates stay skipped
             try:
-                point, take_step = loop.advance(i, outs[k], losses[k])
+                points[k], take_step = loop.advance(i, outs[k], losses[k])
             except DivergenceError as exc:
                 outcome[k] = exc
                 continue
             skip[k] = not take_step
-            if callbacks[k] is not None:
-                callbacks[k](i, point)
         batch.optimizer_step(skip)
         timer.tick()
+        for k, point in points.items():
+            if callbacks[k] is not None and outcome[k] is None:
+                callbacks[k](i, point)
         live = [k for k in range(count) if outcome[k] is None]
+        if not live:
+            break  # every cell given up on
         _maybe_checkpoint([loops[k] for k in live], [ckpts[k] for k in live], timer, i + 1, config.iterations)
+    if all(result is not None for result in outcome):
+        return outcome  # type: ignore[return-value]  # every cell failed: nothing to time or output
     timing = timer.summary()
     finals = batch.final_outputs()
     for k, loop in enumerate(loops):

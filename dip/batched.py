@@ -99,7 +99,6 @@ class BatchedTrainer:
         self.trainers, self.config, self.device = trainers, config, first.device
         # (K, ...) leaves: each network's parameters and BatchNorm buffers stacked, copied from the trainers
         params, buffers = stack_module_state([t.net for t in trainers])
-        self.names = list(params)  # in each network's named_parameters() order
         self.params = {name: p.detach().clone().requires_grad_() for name, p in params.items()}
         self.buffers = {name: b.clone() for name, b in buffers.items()}
         self.skeleton = copy.deepcopy(first.net).to("meta")  # structure only; weights come from self.params
@@ -110,7 +109,7 @@ class BatchedTrainer:
             raise ValueError("batched cells implement Adam without weight decay, amsgrad or maximize")
         self.optimizer = BatchedAdam(list(self.params.values()), len(trainers), group["lr"], group["betas"], group["eps"])
         # Where the recipe's Adam is fused it skips a non-finite step on the device; plain Adam applies it.
-        self.guards_on_device = first.skips_non_finite_steps
+        self.skips_non_finite_steps = first.skips_non_finite_steps
         self.found_inf = torch.zeros(len(trainers), dtype=torch.bool, device=self.device)
         for k, trainer in enumerate(trainers):
             self.cell(k).restore_optimizer_state(trainer.optimizer.state_dict())  # a resumed cell's Adam
@@ -170,7 +169,7 @@ class BatchedTrainer:
         per_pixel = F.mse_loss(out * self.mask, self.x_masked, reduction="none")  # (K, 1, C, H, W)
         losses = per_pixel.flatten(1).mean(dim=1)  # (K,): each cell's masked MSE over all its pixels
         losses.sum().backward()  # d(sum)/d(params of cell k) = d(loss_k)/d(params of cell k)
-        if self.guards_on_device:
+        if self.skips_non_finite_steps:
             self._find_non_finite(losses)
         return out.detach(), losses.detach()
 
@@ -182,7 +181,7 @@ class BatchedTrainer:
         torch.logical_not(finite, out=self.found_inf)
 
     def eager_optimizer_step(self) -> None:
-        self.optimizer.step(self.skip | self.found_inf if self.guards_on_device else self.skip)
+        self.optimizer.step(self.skip | self.found_inf if self.skips_non_finite_steps else self.skip)
 
     @torch.no_grad()
     def final_outputs(self) -> torch.Tensor:

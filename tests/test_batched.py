@@ -23,6 +23,7 @@ from dip.restore import (
     restore_batch,
 )
 from dip.trainer import Trainer
+from tests.test_restore import poison_gradient
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
 CONFIG = RestoreConfig(net=TINY_NET)
@@ -145,19 +146,7 @@ def test_a_batch_restores_each_cell_as_it_is_restored_alone(cells):
 
 def _poison_cell_gradient(monkeypatch, cell: int, at_step: int) -> None:
     """Make one cell's gradients of step number ``at_step`` (0-based) hold a NaN, once."""
-    forward_backward = BatchedTrainer.forward_backward
-    calls = []
-
-    def poisoned(self):
-        outs, losses = forward_backward(self)
-        if len(calls) == at_step:
-            next(iter(self.params.values())).grad[cell].view(-1)[0] = float("nan")
-            if self.guards_on_device:
-                self._find_non_finite(losses)  # the guard sees the gradient as the backward pass left it
-        calls.append(1)
-        return outs, losses
-
-    monkeypatch.setattr(BatchedTrainer, "forward_backward", poisoned)
+    poison_gradient(monkeypatch, BatchedTrainer, at_step, lambda batch: next(iter(batch.params.values())).grad[cell])
 
 
 def test_a_non_finite_gradient_of_one_cell_is_skipped_for_that_cell_alone(cells, monkeypatch):

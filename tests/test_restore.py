@@ -122,21 +122,26 @@ def test_a_nan_weight_is_caught_at_the_next_read_and_undone(house64, monkeypatch
         restore(image, mask, config, net_of(config), seed=0, on_divergence="fail")
 
 
-def _poison_gradient(monkeypatch, at_step: int) -> None:
-    """Make the gradients of step number ``at_step`` (0-based) hold a NaN, once."""
-    forward_backward = Trainer.forward_backward
+def poison_gradient(monkeypatch, trainer_class: type, at_step: int, gradient_of: Callable) -> None:
+    """Make a gradient of step number ``at_step`` (0-based) hold a NaN, once: ``gradient_of(trainer)``
+    names it (a Trainer's, or one cell's of a BatchedTrainer)."""
+    forward_backward = trainer_class.forward_backward
     calls = []
 
     def poisoned(self):
         out, loss = forward_backward(self)
         if len(calls) == at_step:
-            self.params[0].grad.view(-1)[0] = float("nan")
+            gradient_of(self).view(-1)[0] = float("nan")
             if self.skips_non_finite_steps:
                 self._find_non_finite(loss)  # the guard sees the gradient as the backward pass left it
         calls.append(1)
         return out, loss
 
-    monkeypatch.setattr(Trainer, "forward_backward", poisoned)
+    monkeypatch.setattr(trainer_class, "forward_backward", poisoned)
+
+
+def _poison_gradient(monkeypatch, at_step: int) -> None:
+    poison_gradient(monkeypatch, Trainer, at_step, lambda trainer: trainer.params[0].grad)
 
 
 def test_fused_adam_skips_a_non_finite_gradient_on_the_device(house64, monkeypatch):

@@ -71,3 +71,30 @@ def test_summary_names_each_part_and_the_fraction_of_peak():
     assert lines[4] == ("speed 256x256: fast 2.5 ms/iter (bf16), 46.0 TFLOP/s, 4.7% of the card's peak; "
                         "12.00x the authors' code, 3.00x the reference path")
     assert lines[5] == "batched 4 cells at 256x256 (CUDA graphs): 1.2 ms per cell-iteration, alone 2.5: 2.00x"
+
+
+def test_the_record_it_writes_is_the_record_it_summarises(monkeypatch, tmp_path):
+    """Every part's runs replaced by fixtures (they need CUDA): the record gpu_check writes holds each
+    part under the key its summary reads, and a failing part makes the whole check fail."""
+    import json
+
+    import bench.gpu_check as gc
+
+    runs = {("eager", False, 1): (30.0, 25.0, 28.0), ("graphs", True, 1): (30.1, 25.0, 28.0),
+            ("batched", False, 3): (29.9, 25.2, 28.0), ("batched-graphs", True, 3): (30.0, 27.5, 28.0)}
+    monkeypatch.setattr(gc, "require_cuda", lambda: torch.device("cpu"))
+    monkeypatch.setattr(gc, "read_json", lambda path, what: baseline(30.0, 25.0, 28.0))
+    monkeypatch.setattr(gc, "smoke_records", lambda data_dir, results_dir, cuda_graphs=False, cells_per_gpu=1:
+                        cuda_records(*runs[(results_dir.name, cuda_graphs, cells_per_gpu)]))
+    monkeypatch.setattr(gc, "speed_at", lambda size, device: {
+        "size": size, "fast_ms": 2.0, "fast_precision": "bf16", "fast_tflops": 57.5, "fraction_of_peak": None,
+        "fast_vs_authors": 10.0, "fast_vs_reference": 2.0})
+    monkeypatch.setattr(gc, "batched_speed_at", lambda size, cells, device: {
+        "size": size, "cells": cells, "alone_ms_per_cell": 2.0, "batched_ms_per_cell": 1.0, "speed_up": 2.0})
+    record = gc.gpu_check(tmp_path / "data", tmp_path / "work")
+    assert json.loads((tmp_path / "work" / "gpu-check.json").read_text()) == json.loads(json.dumps(record))
+    lines = summary_lines(record)
+    assert [line.split(":")[0] for line in lines] == [
+        "OK CUDA vs CPU baseline", "OK CUDA graphs vs eager", "OK batched cells vs single cells",
+        "FAIL batched cells as CUDA graphs vs single cells", "speed 256x256", "batched 4 cells at 256x256 (CUDA graphs)"]
+    assert not record["ok"]  # C.man 2.5 dB off in the batched graphed run, tolerance 1.0

@@ -152,7 +152,7 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
     return cells
 
 
-def check_writable(results_dir: Path, cells: list[Cell]) -> None:
+def check_writable(results_dir: Path, cells: list[Cell], together: int = 1) -> None:
     """Refuse, before any training, a results directory that cannot be written or lacks the space
     for this run. Permission bits are not asked (root passes them on a read-only mount): a probe file
     is written and removed."""
@@ -167,7 +167,7 @@ def check_writable(results_dir: Path, cells: list[Cell]) -> None:
             os.fsync(probe.fileno())
     except OSError:
         raise BenchError(f"results directory {results_dir} is not writable (tried writing a file there)") from None
-    needed, free = bytes_needed(cells), shutil.disk_usage(results_dir).free
+    needed, free = bytes_needed(cells, together), shutil.disk_usage(results_dir).free
     if free < needed:
         raise BenchError(
             f"results directory {results_dir} has {free / 2**20:.1f} MiB free; this run needs about "
@@ -175,11 +175,11 @@ def check_writable(results_dir: Path, cells: list[Cell]) -> None:
         )
 
 
-def bytes_needed(cells: list[Cell]) -> int:
+def bytes_needed(cells: list[Cell], together: int = 1) -> int:
     """An upper bound on what the cells write: per cell a record (< 256 KiB) and an uncompressed
-    panel; the largest checkpoint twice (an atomic replacement holds old and new at once):
-    parameters x 6 (weights, Adam's two moments, and the kept copies of all three) plus z, the
-    network input and the EMA."""
+    panel; the checkpoints of the ``together`` cells trained at once (--cells-per-gpu) and one more
+    (an atomic replacement holds old and new at once), each at most parameters x 6 (weights, Adam's
+    two moments, and the kept copies of all three) plus z, the network input and the EMA."""
     if not cells:
         return 0
     params = max(count_parameters(build_network(net)) for net in {c.recipe.net for c in cells})
@@ -187,7 +187,7 @@ def bytes_needed(cells: list[Cell]) -> int:
     channels = max(c.recipe.net.in_channels for c in cells)
     checkpoint = 4 * (6 * params + (2 * channels + 3) * pixels)
     per_cell = 256 * 2**10 + 4 * pixels * 3
-    return 2 * checkpoint + len(cells) * per_cell
+    return (min(together, len(cells)) + 1) * checkpoint + len(cells) * per_cell
 
 
 def is_done(cell: Cell) -> bool:
@@ -244,7 +244,7 @@ def plan_run(config: RunConfig, data_dir: Path, results_dir: Path, *, reuse_from
     finished); the results directory is checked for writes and space. Raises BenchError."""
     device = device or resolve_device(config.device)
     cells = plan_cells(config, data_dir, results_dir, device)
-    check_writable(results_dir, cells)
+    check_writable(results_dir, cells, config.cells_per_gpu)
     todo = [c for c in cells if not done(c) and not (reuse_from is not None and adopt(c, reuse_from))]
     skipped = len(cells) - len(todo)
     if skipped:

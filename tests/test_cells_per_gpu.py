@@ -11,7 +11,7 @@ from bench.analysis.report import render
 from bench.config import build_config
 from bench.errors import RunStopped
 from bench.execution import resolve_device
-from bench.plan import plan_cells
+from bench.plan import bytes_needed, plan_cells
 from bench.runner import batches, run
 from dip.batched import BatchedTrainer
 from dip.nets.config import SkipNetConfig
@@ -79,3 +79,11 @@ def test_a_stopped_batch_resumes_from_its_checkpoints_to_the_same_records(data_d
     assert not list((results / "checkpoints").iterdir())
     assert json.loads((results / "house_seed0.json").read_text())["batch"] == ["house_seed0", "cman_seed0"]
 
+
+
+def test_the_space_check_counts_the_checkpoints_of_a_whole_batch(data_dir, tmp_path):
+    cells = plan_cells(build_config("smoke", SMALL), data_dir, tmp_path, resolve_device("cpu"))
+    alone, by_three = bytes_needed(cells), bytes_needed(cells, together=3)
+    checkpoint = bytes_needed(cells[:1], together=1) - bytes_needed(cells[:1], together=0)
+    assert by_three - alone == 2 * checkpoint > 0  # three cells' checkpoints and a replacement, not one and one
+    assert bytes_needed(cells, together=99) == bytes_needed(cells, together=len(cells))

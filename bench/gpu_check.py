@@ -94,13 +94,14 @@ def speed_at(size: int, device: torch.device) -> dict:
 
 def batched_speed_at(size: int, cells: int, device: torch.device) -> dict:
     m = measure_batched(size, cells, rounds=3, steps=5, warmup=WARMUP_STEPS + 2, device=str(device), cuda_graphs=True)
-    return {"size": size, "cells": cells, "alone_ms_per_cell": m.alone_s * 1e3, "batched_ms_per_cell": m.batched_s * 1e3,
-            "speed_up": m.ratio}
+    return {"size": size, "cells": cells, "alone_ms_per_cell": m.alone_s * 1e3,
+            "batched_ms_per_cell": m.batched_s * 1e3, "speed_up": m.ratio}
 
 
 def _largest_delta_line(name: str, part: dict) -> str:
     largest = max((abs(d) for d in part["delta_db"].values()), default=math.nan)
-    return f"{'OK' if part['ok'] else 'FAIL'} {name}: largest |Δ| {largest:.2f} dB (tolerance ±{part['tolerance_db']:.2f})"
+    verdict = "OK" if part["ok"] else "FAIL"
+    return f"{verdict} {name}: largest |Δ| {largest:.2f} dB (tolerance ±{part['tolerance_db']:.2f})"
 
 
 def summary_lines(record: dict) -> list[str]:

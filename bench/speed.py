@@ -51,7 +51,8 @@ def make_trainer(path: str, size: int, device: torch.device | str = "auto", *, s
     """A Trainer of the paper network on :func:`speed_input`; ``cells_per_gpu`` > 1: with the recipe the
     fast path resolves to for batched cells (contiguous)."""
     device = resolve_device(str(device))
-    config = build_config("paper", VARIANTS[path] | {"run.cells_per_gpu": cells_per_gpu, "recipe.cuda_graphs": cuda_graphs})
+    overrides = {"run.cells_per_gpu": cells_per_gpu, "recipe.cuda_graphs": cuda_graphs}
+    config = build_config("paper", VARIANTS[path] | overrides)
     recipe = cell_recipe(config, device, out_channels=1)
     return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=seed, device=device)
 

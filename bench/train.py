@@ -258,9 +258,10 @@ def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], start: int, sess
             results = restore_batch(inputs, cells[0].recipe, partial(build_network, cells[0].recipe.net), device=device,
                                     callbacks=callbacks, on_divergence=config.on_divergence, checkpointing=ckpts)
         except TrainingStopped as exc:
+            folder = cells[0].run_dir.checkpoint(cells[0].stem).parent
             raise RunStopped(f"stopped by {stop.name} after iteration {exc.iteration} of {cells[0].recipe.iterations} "
-                             f"of {labels}; checkpoints in {cells[0].run_dir.checkpoint(cells[0].stem).parent}; run the "
-                             f"same command again to resume", stop.exit_code) from None
+                             f"of {labels}; checkpoints in {folder}; run the same command again to resume",
+                             stop.exit_code) from None
     for cell, result in zip(cells, results):
         if isinstance(result, DivergenceError):
             write_failure(cell, session, result)

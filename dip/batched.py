@@ -107,7 +107,8 @@ class BatchedTrainer:
         group = first.optimizer.param_groups[0]
         if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
             raise ValueError("batched cells implement Adam without weight decay, amsgrad or maximize")
-        self.optimizer = BatchedAdam(list(self.params.values()), len(trainers), group["lr"], group["betas"], group["eps"])
+        self.optimizer = BatchedAdam(list(self.params.values()), len(trainers), group["lr"], group["betas"],
+                                     group["eps"])
         # Where the recipe's Adam is fused it skips a non-finite step on the device; plain Adam applies it.
         self.skips_non_finite_steps = first.skips_non_finite_steps
         self.found_inf = torch.zeros(len(trainers), dtype=torch.bool, device=self.device)

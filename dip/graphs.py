@@ -29,7 +29,8 @@ from typing import Protocol
 import torch
 
 # (body of graph A, body of graph B) -> (replay A, replay B)
-Capture = Callable[[Callable[[], None], Callable[[], None]], tuple[Callable[[], None], Callable[[], None]]]
+Body = Callable[[], None]
+Capture = Callable[[Body, Body], tuple[Body, Body]]
 
 # Eager steps before the capture (PyTorch's examples warm up for 3 iterations on a side stream)
 WARMUP_STEPS = 3
@@ -58,7 +59,7 @@ def cuda_capture(generators: list[torch.Generator]) -> Capture:
     """Capture the two bodies as CUDA graphs sharing one memory pool; ``generators`` (the noise) are
     registered with graph A, so each replay advances them instead of repeating the captured draw."""
 
-    def capture(body_a: Callable[[], None], body_b: Callable[[], None]) -> tuple[Callable[[], None], Callable[[], None]]:
+    def capture(body_a: Body, body_b: Body) -> tuple[Body, Body]:
         graph_a, graph_b = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         for generator in generators:
             graph_a.register_generator_state(generator)

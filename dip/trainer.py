@@ -4,8 +4,9 @@
 ``forward_backward()`` (the masked MSE of one perturbed input and its gradients) then
 ``optimizer_step()``, which leaves the state unchanged on the device when the loss or a gradient
 is not finite, where the optimiser can (fused Adam, or a GradScaler): no host read per step. With
-``cuda_graphs`` both halves are replayed as CUDA graphs (:mod:`dip.graphs`). The loop around it (evaluation, backtracking, divergence, checkpoints, timing) is
-:func:`dip.restore.restore`; the speed benchmark times the step alone.
+``cuda_graphs`` both halves are replayed as CUDA graphs (:mod:`dip.graphs`). The loop around it
+(evaluation, backtracking, divergence, checkpoints, timing) is :func:`dip.restore.restore`; the
+speed benchmark times the step alone.
 """
 
 from __future__ import annotations

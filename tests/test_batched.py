@@ -219,7 +219,8 @@ def test_a_stopped_batch_resumes_exactly_in_a_batch_and_alone(cells):
         np.testing.assert_array_equal(r.output, w.output)
         assert r.curve == w.curve and r.final_loss == w.final_loss and r.resumed_at == [25]
     image, mask, seed = cells[2]
-    one = restore(image, mask, config, network, seed=seed, reference=image, checkpointing=Checkpointing(resume=states[2]))
+    one = restore(image, mask, config, network, seed=seed, reference=image,
+                  checkpointing=Checkpointing(resume=states[2]))
     assert_same_cell(one, whole[2])
 
 

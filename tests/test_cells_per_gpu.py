@@ -19,9 +19,9 @@ from dip.nets.config import SkipNetConfig
 SMALL_NET = SkipNetConfig(channels_down=8, channels_up=8)
 # 4 cells (two images x two seeds), 64x64 crops, a small network: batches of 3 and 1. fp32 on every CPU
 # kind (the fast path would pick bf16 where it is fast, with channels_last alone but not batched).
-SMALL = {"run.precision": "fp32", "run.images": ("house", "cman"), "run.seeds": (0, 1), "run.crop": 64, "recipe.iterations": 12,
-         "recipe.eval_every": 4, "recipe.timer_warmup": 1, "net.channels_down": SMALL_NET.channels_down,
-         "net.channels_up": SMALL_NET.channels_up}
+SMALL = {"run.precision": "fp32", "run.images": ("house", "cman"), "run.seeds": (0, 1), "run.crop": 64,
+         "recipe.iterations": 12, "recipe.eval_every": 4, "recipe.timer_warmup": 1,
+         "net.channels_down": SMALL_NET.channels_down, "net.channels_up": SMALL_NET.channels_up}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def test_cells_train_in_batches_with_their_own_seeds_and_masks(alone, data_dir, 
     config = build_config("smoke", {**SMALL, "run.cells_per_gpu": 3})
     outcome = run(config, data_dir, tmp_path, progress=False)
     records = {f"{r['image']}_seed{r['seed']}": r for r in outcome.records}
-    assert [r["batch"] for r in outcome.records] == [["house_seed0", "house_seed1", "cman_seed0"]] * 3 + [["cman_seed1"]]
+    first_three = ["house_seed0", "house_seed1", "cman_seed0"]
+    assert [r["batch"] for r in outcome.records] == [first_three] * 3 + [["cman_seed1"]]
     for stem, record in records.items():
         single = alone[stem]
         assert record["config"]["cells_per_gpu"] == 3 and "cells_per_gpu" not in single["config"]
@@ -49,13 +50,15 @@ def test_cells_train_in_batches_with_their_own_seeds_and_masks(alone, data_dir, 
 
 
 def test_batches_group_cells_by_size(data_dir, tmp_path):
-    config = build_config("smoke", {**SMALL, "run.crop": 0, "run.images": ("house", "barbara", "cman"), "run.seeds": (0,)})
+    config = build_config("smoke", {**SMALL, "run.crop": 0, "run.images": ("house", "barbara", "cman"),
+                                    "run.seeds": (0,)})
     cells = plan_cells(config, data_dir, tmp_path, resolve_device("cpu"))
     assert [[c.stem for c in b] for b in batches(cells, 2)] == [["house_seed0", "cman_seed0"], ["barbara_seed0"]]
 
 
 def test_a_stopped_batch_resumes_from_its_checkpoints_to_the_same_records(data_dir, tmp_path, monkeypatch):
-    config = build_config("smoke", {**SMALL, "run.cells_per_gpu": 3, "run.seeds": (0,), "run.images": ("house", "cman")})
+    config = build_config("smoke", {**SMALL, "run.cells_per_gpu": 3, "run.seeds": (0,),
+                                    "run.images": ("house", "cman")})
     whole = run(config, data_dir, tmp_path / "whole", progress=False).records
     forward_backward = BatchedTrainer.forward_backward
     calls = []

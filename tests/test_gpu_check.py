@@ -61,7 +61,8 @@ def test_summary_names_each_part_and_the_fraction_of_peak():
                   "fast_vs_authors": 12.0, "fast_vs_reference": 3.0},
         "batched_vs_single": {"ok": True, "delta_db": {"house": -0.1, "cman": 0.04}, "tolerance_db": 1.0},
         "batched_graphs_vs_single": {"ok": True, "delta_db": {"house": 0.3, "cman": 0.0}, "tolerance_db": 1.0},
-        "batched_speed": {"size": 256, "cells": 4, "alone_ms_per_cell": 2.5, "batched_ms_per_cell": 1.25, "speed_up": 2.0},
+        "batched_speed": {"size": 256, "cells": 4, "alone_ms_per_cell": 2.5, "batched_ms_per_cell": 1.25,
+                          "speed_up": 2.0},
     }
     lines = summary_lines(record)
     assert lines[0] == "OK CUDA vs CPU baseline: outcome: 3 images after 400 iterations; mean Δ +0.10 dB"
@@ -96,5 +97,6 @@ def test_the_record_it_writes_is_the_record_it_summarises(monkeypatch, tmp_path)
     lines = summary_lines(record)
     assert [line.split(":")[0] for line in lines] == [
         "OK CUDA vs CPU baseline", "OK CUDA graphs vs eager", "OK batched cells vs single cells",
-        "FAIL batched cells as CUDA graphs vs single cells", "speed 256x256", "batched 4 cells at 256x256 (CUDA graphs)"]
+        "FAIL batched cells as CUDA graphs vs single cells", "speed 256x256",
+        "batched 4 cells at 256x256 (CUDA graphs)"]
     assert not record["ok"]  # C.man 2.5 dB off in the batched graphed run, tolerance 1.0

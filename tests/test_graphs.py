@@ -3,8 +3,9 @@
 The capture itself needs a GPU (``make gpu-check`` compares it with eager). Here an eager stand-in
 "captures" the two bodies and replays them by running them again, with what a replay means on a
 GPU: the backward pass writes its gradients afresh (a captured backward writes to the addresses it
-was captured with; it does not accumulate), and the output and loss are overwritten in place. Everything around it is the real code: the warm-up, the
-step counter, the loss handed to the loop, the in-place restore of Adam's state.
+was captured with; it does not accumulate), and the output and loss are overwritten in place.
+Everything around it is the real code: the warm-up, the step counter, the loss handed to the loop,
+the in-place restore of Adam's state.
 """
 
 from functools import partial

@@ -108,7 +108,8 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninter
     assert stopped and "run the same command again to resume" in last and "Traceback" not in err
     iteration = int(stopped[1])
     saved = torch.load(results / CHECKPOINT, weights_only=True)
-    assert saved["state"]["loop"]["next_iteration"] == iteration  # saved at the stop, not only at the last multiple of 10
+    # saved at the stop, not only at the last multiple of 10
+    assert saved["state"]["loop"]["next_iteration"] == iteration
     assert not (results / RECORD).exists() and leftovers(results) == []
 
     rc, out, err = finish(start(bench_command(results, data_dir)))

@@ -90,7 +90,8 @@ def test_ratio_gate_fails_below_the_threshold(monkeypatch, capsys, ratio, code):
     out = capsys.readouterr().out
     assert f"speed-up {ratio:.2f}x" in out
     assert "the authors' code (fp32, eager) 2000 ms/iter: fast path 5.00x" in out
-    assert "256x256: 4 cells as one batched model 100 ms per cell-iteration, alone one after another 300: batching 3.00x" in out
+    assert ("256x256: 4 cells as one batched model 100 ms per cell-iteration, alone one after another 300: "
+            "batching 3.00x") in out
     assert ("FAIL" in out) == (code == 1)
 
 

@@ -33,9 +33,11 @@ VARIANTS = {
 }
 
 
-def path_recipe(path: str, device: torch.device, base: str = "paper") -> RestoreConfig:
-    """The paper recipe as the given variant of :data:`VARIANTS` would run it on ``device``."""
-    return cell_recipe(build_config(base, VARIANTS[path]), device, out_channels=1)
+def path_recipe(path: str, device: torch.device, *, cells_per_gpu: int = 1, cuda_graphs: bool = False) -> RestoreConfig:
+    """The paper recipe as the given variant of :data:`VARIANTS` would run it on ``device`` (with
+    ``cells_per_gpu`` > 1: as the fast path resolves it for batched cells, contiguous)."""
+    overrides = {"run.cells_per_gpu": cells_per_gpu, "recipe.cuda_graphs": cuda_graphs}
+    return cell_recipe(build_config("paper", VARIANTS[path] | overrides), device, out_channels=1)
 
 
 def speed_input(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,12 +50,9 @@ def speed_input(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_trainer(path: str, size: int, device: torch.device | str = "auto", *, seed: int = 0,
                  cells_per_gpu: int = 1, cuda_graphs: bool = False) -> Trainer:
-    """A Trainer of the paper network on :func:`speed_input`; ``cells_per_gpu`` > 1: with the recipe the
-    fast path resolves to for batched cells (contiguous)."""
+    """A Trainer of the paper network on :func:`speed_input`, with :func:`path_recipe`'s recipe."""
     device = resolve_device(str(device))
-    overrides = {"run.cells_per_gpu": cells_per_gpu, "recipe.cuda_graphs": cuda_graphs}
-    config = build_config("paper", VARIANTS[path] | overrides)
-    recipe = cell_recipe(config, device, out_channels=1)
+    recipe = path_recipe(path, device, cells_per_gpu=cells_per_gpu, cuda_graphs=cuda_graphs)
     return Trainer(*speed_input(size), recipe, partial(build_network, recipe.net), seed=seed, device=device)
 
 
@@ -62,8 +61,9 @@ def make_anchor(size: int, device: torch.device | str = "auto") -> AuthorsStep:
     return AuthorsStep(*speed_input(size), seed=0, device=resolve_device(str(device)))
 
 
-def train_step(trainer: Trainer) -> None:
-    """One full iteration (perturbed input, forward, loss, backward, Adam), synchronised at the end."""
+def train_step(trainer: Trainer | BatchedTrainer) -> None:
+    """One full iteration (perturbed input, forward, loss, backward, Adam) of one cell or of a batched
+    model, synchronised at the end."""
     trainer.forward_backward()
     trainer.optimizer_step()
     if trainer.device.type == "cuda":
@@ -75,7 +75,7 @@ def anchor_step(anchor: AuthorsStep) -> None:
     anchor.step()
 
 
-def time_steps(trainer: Trainer | AuthorsStep, steps: int) -> float:
+def time_steps(trainer: Trainer | BatchedTrainer | AuthorsStep, steps: int) -> float:
     """Seconds per step over ``steps`` consecutive steps (one clock read each side)."""
     step = anchor_step if isinstance(trainer, AuthorsStep) else train_step
     if trainer.device.type == "cuda":
@@ -144,13 +144,6 @@ class BatchedMeasurement:
         return self.alone_s / self.batched_s
 
 
-def batched_step(batch: BatchedTrainer) -> None:
-    batch.forward_backward()
-    batch.optimizer_step()
-    if batch.device.type == "cuda":
-        torch.cuda.synchronize(batch.device)
-
-
 def measure_batched(size: int, cells: int, rounds: int = 3, steps: int = 2, warmup: int = 2,
                     device: str = "auto", cuda_graphs: bool = False) -> BatchedMeasurement:
     """``cells`` fast-path cells stepped alone, one after another, against one batched model of them
@@ -164,10 +157,7 @@ def measure_batched(size: int, cells: int, rounds: int = 3, steps: int = 2, warm
         return sum(time_steps(trainer, n) for trainer in alone) / cells
 
     def time_batched(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            batched_step(batch)
-        return (time.perf_counter() - start) / n / cells
+        return time_steps(batch, n) / cells
 
     time_alone(warmup), time_batched(warmup)
     samples = [(time_alone(steps), time_batched(steps)) for _ in range(rounds)]

@@ -172,11 +172,7 @@ def train_and_write(cell: Cell, session: Session) -> None:
         raise RunStopped(f"stopped by {stop.name} before {cell.label}; complete records are kept; run the same "
                          f"command again to continue", stop.exit_code)
     ckpt_path = cell.run_dir.checkpoint(cell.stem)
-    state, note = load_checkpoint(ckpt_path, cell.config, session.device)
-    if note:
-        session.progress.note(note)
-    checkpointing = Checkpointing(every=session.config.checkpoint_every, save=partial(save_checkpoint, ckpt_path, cell.config),
-                                  resume=state, stop_requested=stop)
+    checkpointing = cell_checkpointing(cell, session)
     try:
         record, restored = train_with_progress(cell, session, checkpointing)
     except TrainingStopped as exc:
@@ -187,6 +183,17 @@ def train_and_write(cell: Cell, session: Session) -> None:
         write_failure(cell, session, exc)
         return
     write_result(cell, session, record, restored)
+
+
+def cell_checkpointing(cell: Cell, session: Session) -> Checkpointing:
+    """How ``cell`` saves its training state, and the state it resumes from (its checkpoint if one of
+    exactly its configuration can be read; otherwise a note says why not)."""
+    path = cell.run_dir.checkpoint(cell.stem)
+    state, note = load_checkpoint(path, cell.config, session.device)
+    if note:
+        session.progress.note(note)
+    return Checkpointing(every=session.config.checkpoint_every, save=partial(save_checkpoint, path, cell.config),
+                         resume=state, stop_requested=session.stop)
 
 
 def write_failure(cell: Cell, session: Session, exc: DivergenceError) -> None:
@@ -224,19 +231,14 @@ def train_batch_and_write(cells: list[Cell], session: Session) -> None:
     """Train ``cells`` (one image size, one recipe) as batched models (dip.restore.restore_batch) and write
     each one's record or failed record, as :func:`train_and_write` does for one cell. Cells whose
     checkpoints resume at different iterations (or that start afresh) form one batch per iteration."""
-    stop, config = session.stop, session.config
+    stop = session.stop
     if stop():
         raise RunStopped(f"stopped by {stop.name} before {cells[0].label} and {len(cells) - 1} more; complete "
                          f"records are kept; run the same command again to continue", stop.exit_code)
     by_start: dict[int, list[tuple[Cell, Checkpointing]]] = {}
     for cell in cells:
-        path = cell.run_dir.checkpoint(cell.stem)
-        state, note = load_checkpoint(path, cell.config, session.device)
-        if note:
-            session.progress.note(note)
-        ckpt = Checkpointing(every=config.checkpoint_every, save=partial(save_checkpoint, path, cell.config),
-                             resume=state, stop_requested=stop)
-        by_start.setdefault(state["loop"]["next_iteration"] if state else 0, []).append((cell, ckpt))
+        ckpt = cell_checkpointing(cell, session)
+        by_start.setdefault(ckpt.resume["loop"]["next_iteration"] if ckpt.resume else 0, []).append((cell, ckpt))
     for start, batch in sorted(by_start.items(), reverse=True):  # the furthest along first
         _train_batch([cell for cell, _ in batch], [ckpt for _, ckpt in batch], start, session)
 

@@ -143,6 +143,8 @@ def restore(
     device = torch.device(device)
     ckpt = checkpointing or Checkpointing()
     trainer = Trainer(observed, mask, config, network, seed=seed, device=device)
+    if ckpt.resume is not None:
+        trainer.load_state_dict(ckpt.resume["trainer"])
     cell = _CellLoop.start(trainer, config, reference, on_divergence, ckpt.resume, device)
     timer = _start_timer(config, cell.loop.next_iteration, device, ckpt.resume)
     for i in range(cell.loop.next_iteration, config.iterations):
@@ -208,7 +210,7 @@ def restore_batch(
             trainer.load_state_dict(ckpt.resume["trainer"])
         trainers.append(trainer)
     batch = BatchedTrainer(trainers)
-    loops = [_CellLoop.start(batch.cell(k), config, c.reference, on_divergence, ckpt.resume, device, loaded=True)
+    loops = [_CellLoop.start(batch.cell(k), config, c.reference, on_divergence, ckpt.resume, device)
              for k, (c, ckpt) in enumerate(zip(cells, ckpts))]
     outcome: list[RestoreResult | DivergenceError | None] = [None] * count
     start = loops[0].loop.next_iteration
@@ -281,14 +283,12 @@ class _CellLoop:
 
     @classmethod
     def start(cls, trainer, config: RestoreConfig, reference: np.ndarray | None, on_divergence: str,
-              resume: dict | None, device: torch.device, loaded: bool = False) -> _CellLoop:
-        """A fresh loop, or the saved one of ``resume`` (whose trainer state is loaded here unless ``loaded``)."""
+              resume: dict | None, device: torch.device) -> _CellLoop:
+        """A fresh loop, or the saved one of ``resume`` (the trainer's own state is the caller's to load)."""
         ref = None if reference is None else to_tensor(reference, device)
         if resume is None:
             loop = _LoopState(kept=trainer.kept_parameters(), kept_optimizer=trainer.kept_optimizer_state())
         else:
-            if not loaded:
-                trainer.load_state_dict(resume["trainer"])
             loop = _LoopState.from_dict(resume["loop"], device)
             loop.resumed_at.append(loop.next_iteration)
         return cls(trainer, config, loop, ref, on_divergence)

@@ -52,7 +52,8 @@ BATCHED_SPEED_CELLS = 4
 
 
 def smoke_records(data_dir: Path, results_dir: Path, cuda_graphs: bool = False, cells_per_gpu: int = 1) -> list[dict]:
-    """The smoke profile on CUDA (fast path): eager, with whole-network CUDA graphs, or batched."""
+    """The smoke profile on CUDA (fast path): eager or with whole-step CUDA graphs, one cell or
+    ``cells_per_gpu`` at a time."""
     overrides = {"run.device": "cuda", "recipe.cuda_graphs": cuda_graphs, "run.cells_per_gpu": cells_per_gpu}
     outcome = run(build_config("smoke", overrides), data_dir, results_dir, progress=False)
     if outcome.failures:

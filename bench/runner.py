@@ -51,10 +51,10 @@ def run(config: RunConfig, data_dir: Path, results_dir: Path, *, progress: bool 
     iterations = cells[0].recipe.iterations
     with StopRequest() as stop, Progress(len(todo) * iterations, progress, log_every) as bars:
         session = Session(config, device, bars, stop)
-        if config.cells_per_gpu > 1 and device.type == "cpu":
-            bars.note("note: on a CPU, batched cells train slower than cells one at a time (grouped convolutions; "
-                      "docs/speed.md, 'Many cells per GPU'): --cells-per-gpu is meant for GPUs")
         if config.cells_per_gpu > 1:
+            if device.type == "cpu":
+                bars.note("note: on a CPU, batched cells train slower than cells one at a time (grouped "
+                          "convolutions; docs/speed.md, 'Many cells per GPU'): --cells-per-gpu is meant for GPUs")
             busy = train_batches(todo, session, config.cells_per_gpu)
         else:
             busy = [cell for cell in todo if not train_if_free(cell, session)]

@@ -67,14 +67,14 @@ class BatchedAdam:
         take = skip.logical_not()
         self.steps += take
         bias_correction1 = 1 - beta1 ** self.steps  # (K,)
-        bias_correction2_sqrt = (1 - beta2 ** self.steps).sqrt()
+        bias_correction2_sqrt = (1 - beta2 ** self.steps).sqrt().float()
         step_size = (self.lr / bias_correction1).float()
         for param, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             grad = param.grad
             keep = _per_cell(take, param)
             m.copy_(torch.where(keep, m.lerp(grad, 1 - beta1), m))
             v.copy_(torch.where(keep, v * beta2 + (1 - beta2) * grad * grad, v))
-            denom = v.sqrt() / _per_cell(bias_correction2_sqrt.float(), v) + self.eps
+            denom = v.sqrt() / _per_cell(bias_correction2_sqrt, v) + self.eps
             update = _per_cell(step_size, param) * m / denom
             param.copy_(torch.where(keep, param - update, param))
 

@@ -76,7 +76,8 @@ speed:
 baseline:
 	$(PY) -m bench check --record
 
-# the first thing to run on a new GPU: CUDA vs the CPU baseline, CUDA graphs vs eager, speed and fraction of peak;
+# the first thing to run on a new GPU: CUDA vs the CPU baseline, CUDA graphs and batched cells vs eager single cells,
+# speed, fraction of peak and what batching gains;
 # writes runs/gpu-check/gpu-check.json (attach it to an issue). Refuses with one line where no CUDA device is seen.
 gpu-check:
 	$(PY) -m bench gpu-check

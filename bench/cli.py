@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed_p.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
                          help="auto (default; cuda if available, else cpu), cpu, cuda or cuda:N")
 
-    gpu_p = commands.add_parser("gpu-check", help="first run on a new GPU: CUDA vs the CPU baseline, graphs vs eager, "
-                                                  "speed and fraction of peak; writes a record to attach to an issue")
+    gpu_p = commands.add_parser("gpu-check", help="first run on a new GPU: CUDA vs the CPU baseline, graphs and batched "
+                                                  "cells vs eager, speed and fraction of peak; writes a record to "
+                                                  "attach to an issue")
     gpu_p.add_argument("--work-dir", type=Path, metavar="DIR", default=RUNS_DIR / "gpu-check",
                        help="where its runs and gpu-check.json go (default runs/gpu-check)")
     gpu_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slurm: any other sbatch option, e.g. account=lab or qos=high; repeatable")
 
     status_p = commands.add_parser("status", help="done / running / failed / stopped / pending cells of a run")
-    status_p.add_argument("run", metavar="RUN", help="a results directory, or a run name under runs/")
+    status_p.add_argument("run", metavar="RUN", help="a results directory, or a run name under $DIP_RUNS_DIR (default runs/)")
 
     report_p = commands.add_parser("report", help="markdown table from stored records")
     _add_results_selection(report_p)
@@ -187,11 +187,11 @@ def _add_with(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_results_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results-dir", type=Path, metavar="DIR", help="where records go (default runs/<profile>)")
+    parser.add_argument("--results-dir", type=Path, metavar="DIR", help="where records go (default $DIP_RUNS_DIR/<profile>, else runs/<profile>)")
 
 
 def _add_results_selection(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", choices=PROFILES, default=None, help="read runs/<profile>")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="read $DIP_RUNS_DIR/<profile> (default runs/<profile>)")
     _add_results_dir(parser)
 
 

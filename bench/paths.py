@@ -3,11 +3,20 @@ the regression check's goldens. (Inside one results directory, bench.rundir owns
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.data import REPO_ROOT
 
-RUNS_DIR = REPO_ROOT / "runs"  # working records, checkpoints and panels (git-ignored)
+
+def runs_dir() -> Path:
+    """Working records, checkpoints and panels: $DIP_RUNS_DIR if set (outside the checkout, so that a
+    long campaign survives a fresh clone and runs from a pinned worktree), else runs/ (git-ignored)."""
+    configured = os.environ.get("DIP_RUNS_DIR", "")
+    return Path(configured).expanduser().absolute() if configured.strip() else REPO_ROOT / "runs"
+
+
+RUNS_DIR = runs_dir()
 REPORTS_DIR = REPO_ROOT / "reports"  # published reports with a snapshot of their records (committed)
 GOLDENS_DIR = REPORTS_DIR / "baselines"  # the regression check's goldens
 SPREAD_PATH = REPORTS_DIR / "regression-spread.json"  # the measurement its tolerances come from

@@ -3,12 +3,14 @@ one line per event (a cell done, skipped, resumed or failed) that stays above th
 
 Without a terminal (output to a file: nohup, Slurm, CI) tqdm shows no bars, and a cell of the paper
 profile is an hour or more on a CPU. Then each cell prints a status line every ``log_every`` seconds
-instead: iteration, latest PSNR, ms/iter over the last interval and the time left.
+instead: iteration, latest PSNR, ms/iter over the last interval (its median iteration: time paused
+with SIGSTOP does not count) and the time left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,11 +30,18 @@ def human_duration(seconds: float) -> str:
 
 
 class StatusLines:
-    """One line every ``every_s`` seconds of a cell's training; ``every_s`` 0 prints none."""
+    """One line every ``every_s`` seconds of a cell's training; ``every_s`` 0 prints none.
+
+    A line's ms/iter is the median of the iterations' own durations since the last line, not the wall
+    time over their count: a run paused with SIGSTOP (and resumed with SIGCONT) has one iteration that
+    spans the pause, and the median leaves it out, so the speed and the time left are the running ones.
+    """
 
     def __init__(self, label: str, total: int, start: int, every_s: float, clock: Callable[[], float]) -> None:
         self.label, self.total, self.every_s, self.clock = label, total, every_s, clock
-        self.last_t, self.last_done = clock(), start
+        self.last_line_t = self.last_t = clock()
+        self.last_done = start
+        self.durations: list[float] = []  # seconds per iteration, of each iteration since the last line
         self.psnr: str = "n/a"
 
     def update(self, done: int, point) -> str | None:
@@ -40,11 +49,14 @@ class StatusLines:
         if point is not None and point.psnr is not None:
             self.psnr = f"{point.psnr:.2f} dB at iteration {point.iteration}"
         now = self.clock()
-        if self.every_s <= 0 or now - self.last_t < self.every_s or done <= self.last_done:
+        if done > self.last_done:
+            self.durations += [(now - self.last_t) / (done - self.last_done)] * (done - self.last_done)
+            self.last_t, self.last_done = now, done
+        if self.every_s <= 0 or now - self.last_line_t < self.every_s or not self.durations:
             return None
-        ms_per_iter = (now - self.last_t) * 1e3 / (done - self.last_done)
+        ms_per_iter = statistics.median(self.durations) * 1e3
         left = ms_per_iter * (self.total - done) / 1e3
-        self.last_t, self.last_done = now, done
+        self.last_line_t, self.durations = now, []
         return (f"{self.label}: iteration {done}/{self.total}, PSNR {self.psnr}, {ms_per_iter:.0f} ms/iter, "
                 f"about {human_duration(left)} left in this cell")
 

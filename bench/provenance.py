@@ -65,10 +65,15 @@ def device_name(device: torch.device) -> str:
     return cpu_model()
 
 
+def utc_timestamp() -> str:
+    """Now, in UTC, to the second (ISO 8601): the form of every time in a record."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(device: torch.device) -> dict:
     return {
         **git_state(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": utc_timestamp(),  # when the record was written: the cell's end
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -24,7 +24,7 @@ from bench.hardware import peak_tflops
 from bench.panels import write_panel
 from bench.plan import Cell
 from bench.progress import Progress
-from bench.provenance import device_name, provenance
+from bench.provenance import device_name, provenance, utc_timestamp
 from bench.records import COMPLETE, FAILED, SCHEMA, write_json_atomic
 from bench.stop import StopRequest
 from dip.baselines import interpolate_missing
@@ -172,7 +172,7 @@ def train_and_write(cell: Cell, session: Session) -> None:
         raise RunStopped(f"stopped by {stop.name} before {cell.label}; complete records are kept; run the same "
                          f"command again to continue", stop.exit_code)
     ckpt_path = cell.run_dir.checkpoint(cell.stem)
-    checkpointing = cell_checkpointing(cell, session)
+    checkpointing, started = cell_checkpointing(cell, session)
     try:
         record, restored = train_with_progress(cell, session, checkpointing)
     except TrainingStopped as exc:
@@ -182,18 +182,21 @@ def train_and_write(cell: Cell, session: Session) -> None:
     except DivergenceError as exc:
         write_failure(cell, session, exc)
         return
-    write_result(cell, session, record, restored)
+    write_result(cell, session, record | {"started": started}, restored)
 
 
-def cell_checkpointing(cell: Cell, session: Session) -> Checkpointing:
-    """How ``cell`` saves its training state, and the state it resumes from (its checkpoint if one of
-    exactly its configuration can be read; otherwise a note says why not)."""
+def cell_checkpointing(cell: Cell, session: Session) -> tuple[Checkpointing, str]:
+    """How ``cell`` saves its training state, the state it resumes from (its checkpoint if one of
+    exactly its configuration can be read; otherwise a note says why not), and when the cell started:
+    now, or when the run that wrote its checkpoint started it (a resumed cell keeps its first start)."""
     path = cell.run_dir.checkpoint(cell.stem)
     state, note = load_checkpoint(path, cell.config, session.device)
     if note:
         session.progress.note(note)
-    return Checkpointing(every=session.config.checkpoint_every, save=partial(save_checkpoint, path, cell.config),
-                         resume=state, stop_requested=session.stop)
+    started = (state or {}).get("started") or utc_timestamp()
+    save = partial(save_checkpoint, path, cell.config, started=started)
+    return Checkpointing(every=session.config.checkpoint_every, save=save, resume=state,
+                         stop_requested=session.stop), started
 
 
 def write_failure(cell: Cell, session: Session, exc: DivergenceError) -> None:
@@ -235,15 +238,17 @@ def train_batch_and_write(cells: list[Cell], session: Session) -> None:
     if stop():
         raise RunStopped(f"stopped by {stop.name} before {cells[0].label} and {len(cells) - 1} more; complete "
                          f"records are kept; run the same command again to continue", stop.exit_code)
-    by_start: dict[int, list[tuple[Cell, Checkpointing]]] = {}
+    by_start: dict[int, list[tuple[Cell, Checkpointing, str]]] = {}
     for cell in cells:
-        ckpt = cell_checkpointing(cell, session)
-        by_start.setdefault(ckpt.resume["loop"]["next_iteration"] if ckpt.resume else 0, []).append((cell, ckpt))
+        ckpt, started = cell_checkpointing(cell, session)
+        by_start.setdefault(ckpt.resume["loop"]["next_iteration"] if ckpt.resume else 0, []).append((cell, ckpt, started))
     for start, batch in sorted(by_start.items(), reverse=True):  # the furthest along first
-        _train_batch([cell for cell, _ in batch], [ckpt for _, ckpt in batch], start, session)
+        cells_, ckpts, starts = (list(column) for column in zip(*batch))
+        _train_batch(cells_, ckpts, starts, start, session)
 
 
-def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], start: int, session: Session) -> None:
+def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], starts: list[str], start: int,
+                 session: Session) -> None:
     stop, config, device = session.stop, session.config, session.device
     labels = ", ".join(c.label for c in cells)
     if start:
@@ -264,9 +269,9 @@ def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], start: int, sess
             raise RunStopped(f"stopped by {stop.name} after iteration {exc.iteration} of {cells[0].recipe.iterations} "
                              f"of {labels}; checkpoints in {folder}; run the same command again to resume",
                              stop.exit_code) from None
-    for cell, result in zip(cells, results):
+    for cell, result, started in zip(cells, results, starts):
         if isinstance(result, DivergenceError):
             write_failure(cell, session, result)
         else:
-            write_result(cell, session, cell_record(cell, result, device, config.on_divergence, batch=cells),
-                         result.output)
+            record = cell_record(cell, result, device, config.on_divergence, batch=cells) | {"started": started}
+            write_result(cell, session, record, result.output)

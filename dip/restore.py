@@ -127,7 +127,8 @@ def restore(
     ``reference`` (the ground truth) only feeds the PSNR curve. ``callback(i, point)`` is called after
     every iteration i, with a :class:`CurvePoint` at evaluation iterations and None otherwise.
 
-    The host reads the loss only at the checks (every ``backtrack_every``), the evaluation points and
+    The host reads the loss only at the checks (every ``backtrack_every`` of the notebook's counter, which
+    a drop holds back: the step after a drop is checked again), the evaluation points and
     the last iteration: one synchronisation there reads every loss since the last one. Between them a
     non-finite loss or gradient is guarded on the device: fused Adam (and a GradScaler) skip that update;
     plain Adam applies it, which leaves NaN in the parameters until the next read (a NaN anywhere in the
@@ -298,12 +299,19 @@ class _CellLoop:
         iteration; at every step while recovering from a restored state; and before the first EMA exists."""
         config, loop = self.config, self.loop
         return (
-            (self.checks and i % config.backtrack_every == 0)
+            (self.checks and self.is_check(i))
             or i % config.eval_every == 0
             or i == config.iterations - 1
             or loop.restores_since_check > 0
             or (config.ema_decay > 0 and loop.ema is None)
         )
+
+    def is_check(self, i: int) -> bool:
+        """Whether iteration i runs the backtracking check. The notebook counts its checks with its own
+        counter, which a drop does not advance (its closure returns before ``i += 1``): the step after a
+        drop is checked again, and every later check comes one step later per drop. The optimiser still
+        takes ``iterations`` steps; ``i`` here counts those steps, so the notebook's counter is i - drops."""
+        return (i - len(self.loop.backtrack_iterations)) % self.config.backtrack_every == 0
 
     def advance(self, i: int, out: torch.Tensor, loss: torch.Tensor) -> tuple[CurvePoint | None, bool]:
         """Iteration i's bookkeeping, after its forward and backward and before its optimiser step.
@@ -366,10 +374,11 @@ class _CellLoop:
         return self._check_and_evaluate(i, loss_value, out), True
 
     def _check_and_evaluate(self, i: int, loss_value: float, out: torch.Tensor) -> CurvePoint | None:
-        """The authors' backtracking check (every ``backtrack_every``) and a curve point (every ``eval_every``)."""
+        """The authors' backtracking check (every ``backtrack_every`` of the notebook's counter, see
+        :meth:`is_check`) and a curve point (every ``eval_every`` steps)."""
         config, loop = self.config, self.loop
         psnr_masked = psnr_from_mse(loss_value)
-        if self.checks and i % config.backtrack_every == 0:
+        if self.checks and self.is_check(i):
             if config.backtracking and psnr_masked - loop.kept_psnr < -config.backtrack_drop_db:
                 self.trainer.restore_parameters(loop.kept)
                 loop.backtrack_iterations.append(i)

@@ -97,14 +97,11 @@ class Trainer:
         self.net = net.to(device, memory_format=memory_format).train()
         self.z = z.to(device).contiguous(memory_format=memory_format)
         self.noise_gen = torch.Generator(device=device).manual_seed(seed)
-        # Reused every step. Filled through a buffer laid out in memory order: normal_ on a
-        # channels_last view takes a slow strided path on a CPU (several times slower).
-        # The entries are i.i.d., so which element gets which draw does not matter.
-        if config.channels_last:
-            self.noise_buffer = torch.empty(1, height, width, config.net.in_channels, device=device)
-            self.noise = self.noise_buffer.permute(0, 3, 1, 2)  # (1, 32, H, W) view, channels_last strides
-        else:
-            self.noise_buffer = self.noise = torch.empty_like(self.z)
+        # Reused every step, and always drawn in the reference (NCHW) layout: normal_ fills memory in
+        # order, so a channels_last buffer would give element (c, y, x) another draw than the reference
+        # path does, and the paths would see different noise for one seed (measured: PSNR curves up to
+        # 1.2 dB apart, where rounding moves them 1e-3 dB). The add into net_input converts the layout.
+        self.noise_buffer = torch.empty(1, config.net.in_channels, height, width, device=device)  # (1, 32, H, W)
         # Likewise: z + std * noise is written into it ("fixed"), or it is the walking z ("cumulative").
         self.net_input = self.z.clone() if config.input_noise == "cumulative" else torch.empty_like(self.z)
         self.steps = 0
@@ -182,10 +179,10 @@ class Trainer:
         """Fresh noise into ``net_input``: around the fixed z, or (cumulative, where ``walk``) added to it."""
         if self.config.input_noise == "fixed":
             self.noise_buffer.normal_(generator=self.noise_gen)
-            torch.add(self.z, self.noise, alpha=self.config.input_noise_std, out=self.net_input)
+            torch.add(self.z, self.noise_buffer, alpha=self.config.input_noise_std, out=self.net_input)
         elif walk:
             self.noise_buffer.normal_(generator=self.noise_gen)
-            self.net_input.add_(self.noise, alpha=self.config.input_noise_std)
+            self.net_input.add_(self.noise_buffer, alpha=self.config.input_noise_std)
 
     def _find_non_finite(self, loss: torch.Tensor) -> None:
         """found_inf <- 1.0 if the loss or any gradient is not finite, computed on the device."""

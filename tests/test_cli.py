@@ -97,6 +97,19 @@ def test_process_exit_code_and_no_traceback(results):
     assert "Traceback" not in proc.stderr
 
 
+def test_dip_runs_dir_moves_the_default_results_directory_out_of_the_checkout(tmp_path, data_dir):
+    """A campaign's records and checkpoints outside the checkout: $DIP_RUNS_DIR/<profile> by default."""
+    runs = tmp_path / "dip-runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--profile", "smoke", "--images", "house", "--iterations", "2",
+         "--data-dir", str(data_dir), "--no-progress"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "DIP_RUNS_DIR": str(runs)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((runs / "smoke" / "house_seed0.json").read_text())["status"] == "complete"
+
+
 def test_unknown_subcommand_and_flag_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train"])

@@ -19,19 +19,35 @@ def point(iteration: int, psnr: float) -> CurvePoint:
     return CurvePoint(iteration, 1e-3, 30.0, psnr, None)
 
 
+def run_iterations(status: StatusLines, clock: Clock, start: int, stop: int, seconds_each: float) -> list[str]:
+    """Iterations start+1 .. stop of ``seconds_each`` each; the lines they print."""
+    lines = []
+    for done in range(start + 1, stop + 1):
+        clock.t += seconds_each
+        line = status.update(done, point(done - 1, 27.25) if done == 600 else None)
+        lines += [line] if line else []
+    return lines
+
+
 def test_a_status_line_every_interval_with_iteration_psnr_speed_and_time_left():
     clock = Clock()
     status = StatusLines("House seed 0", total=11000, start=0, every_s=300, clock=clock)
-    assert status.update(1, point(0, 12.5)) is None  # no time has passed
-    clock.t += 299
-    assert status.update(500, None) is None  # not yet due
-    clock.t += 1  # 300 s for 600 iterations: 500 ms/iter, 10400 left: 5200 s
-    line = status.update(600, point(600, 27.25))
-    assert line == "House seed 0: iteration 600/11000, PSNR 27.25 dB at iteration 600, 500 ms/iter, about 87 min left in this cell"
-    clock.t += 100
-    assert status.update(650, None) is None  # the interval restarts at each line
-    clock.t += 200  # 300 s for the 100 iterations since the last line
-    assert status.update(700, None).endswith("PSNR 27.25 dB at iteration 600, 3000 ms/iter, about 8.6 h left in this cell")
+    assert run_iterations(status, clock, 0, 599, 0.5) == []  # 299.5 s: not yet due
+    # 300 s for 600 iterations: 500 ms/iter, 10400 left: 5200 s
+    assert run_iterations(status, clock, 599, 600, 0.5) == [
+        "House seed 0: iteration 600/11000, PSNR 27.25 dB at iteration 599, 500 ms/iter, about 87 min left in this cell"]
+    assert run_iterations(status, clock, 600, 700, 3.0)[0].endswith(  # the interval restarts at each line
+        "iteration 700/11000, PSNR 27.25 dB at iteration 599, 3000 ms/iter, about 8.6 h left in this cell")
+
+
+def test_a_pause_does_not_count_as_running_time():
+    """SIGSTOP for an hour in the middle of an interval: the iteration that spans it is left out."""
+    clock = Clock()
+    status = StatusLines("House seed 0", total=11000, start=0, every_s=300, clock=clock)
+    assert run_iterations(status, clock, 0, 100, 0.5) == []
+    clock.t += 3600  # stopped, then continued: iteration 101 takes an hour of wall time
+    line = run_iterations(status, clock, 100, 101, 0.5)
+    assert line == ["House seed 0: iteration 101/11000, PSNR n/a, 500 ms/iter, about 91 min left in this cell"]
 
 
 def test_a_resumed_cell_counts_from_where_it_resumed():

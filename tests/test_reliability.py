@@ -95,6 +95,22 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_resul
     assert not (results / CHECKPOINT).exists()  # gone once the record is written
 
 
+def test_sigstop_and_sigcont_pause_a_run_without_harm(uninterrupted, data_dir, tmp_path):
+    """How a campaign shares a 2-core machine: paused mid-training and continued, it ends as if never
+    paused, in the same process (not resumed from a checkpoint)."""
+    results = tmp_path / "results"
+    process = start(bench_command(results, data_dir))
+    wait_for(results / CHECKPOINT, process)
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(2)
+    assert process.poll() is None and not (results / RECORD).exists()  # stopped: nothing moves
+    process.send_signal(signal.SIGCONT)
+    rc, _, err = finish(process)
+    assert rc == 0, err
+    assert json.loads((results / RECORD).read_text())["resumed_at"] == []
+    assert result_of(results) == uninterrupted
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninterrupted, data_dir, tmp_path):
     results = tmp_path / "results"
@@ -114,7 +130,10 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninter
 
     rc, out, err = finish(start(bench_command(results, data_dir)))
     assert rc == 0, err
-    assert json.loads((results / RECORD).read_text())["resumed_at"] == [iteration]
+    record = json.loads((results / RECORD).read_text())
+    assert record["resumed_at"] == [iteration]
+    # the cell's start is the first run's, kept in the checkpoint; the record's timestamp is the second's end
+    assert record["started"] == saved["started"] and record["started"] <= record["provenance"]["timestamp"]
     assert result_of(results) == uninterrupted
 
 

@@ -58,15 +58,51 @@ def test_dropped_pixels_are_never_seen(house64):
 
 
 def test_backtracking_restores_kept_parameters_at_each_check(house64):
-    """With the threshold set so every check counts as a drop, every check restores the kept copy."""
+    """With the threshold set so every check counts as a drop, every check restores the kept copy, and
+    since a drop holds the notebook's counter back, every step after the first is a check too."""
     image, mask = house64
     config = RestoreConfig(iterations=30, backtrack_every=10, backtrack_drop_db=-1e9, net=TINY_NET)
     result = restore(image, mask, config, net_of(config), seed=0)
-    assert result.backtrack_iterations == [0, 10, 20]
-    assert result.backtracks == 3
+    assert result.backtrack_iterations == list(range(30))
     no_backtracking = restore(image, mask, dataclasses.replace(config, backtracking=False), net_of(config), seed=0)
     assert no_backtracking.backtracks == 0
     assert not np.array_equal(result.output, no_backtracking.output)
+
+
+def _set_read_loss(monkeypatch, losses: dict[int, float]) -> None:
+    """Replace the loss that the loop reads at the given 0-based iterations (not the one that was
+    differentiated: the gradients and the step are unchanged), so that the check sees a chosen PSNR."""
+    forward_backward = Trainer.forward_backward
+
+    def replaced(self):
+        out, loss = forward_backward(self)
+        i = self.steps - 1
+        return out, (loss * 0 + losses[i]) if i in losses else loss
+
+    monkeypatch.setattr(Trainer, "forward_backward", replaced)
+
+
+def test_a_drop_is_checked_again_at_the_next_step_and_shifts_the_later_checks(house64, monkeypatch):
+    """The notebook's closure returns before ``i += 1`` after a drop. Drops at 20 and 21 (checks at 0, 10,
+    20, then 21 and 22 since the counter stayed at 20): 22 is accepted, so the counter reads 30 at step
+    32, a drop again; 33 is accepted and the next check is at 43, so the drop put at 40 is not seen.
+    (A cadence taken from the step count would have seen [20, 40].)"""
+    image, mask = house64
+    config = RestoreConfig(iterations=50, backtrack_every=10, net=TINY_NET)
+    _set_read_loss(monkeypatch, {20: 1.0, 21: 1.0, 32: 1.0, 40: 1.0})  # 0 dB: far below any kept check
+    result = restore(image, mask, config, net_of(config), seed=0)
+    assert result.backtrack_iterations == [20, 21, 32]
+
+
+@pytest.mark.parametrize(("below_db", "drops"), [(4.9, []), (5.1, [20])])
+def test_the_drop_threshold_is_five_db(house64, monkeypatch, below_db, drops):
+    """At the paper's threshold: a check 4.9 dB below the last accepted one is accepted, 5.1 dB is a drop."""
+    image, mask = house64
+    config = RestoreConfig(iterations=30, backtrack_every=10, net=TINY_NET)
+    assert config.backtrack_drop_db == 5.0
+    kept_loss = 1e-2  # 20 dB at the check of iteration 10
+    _set_read_loss(monkeypatch, {10: kept_loss, 20: kept_loss * 10 ** (below_db / 10)})
+    assert restore(image, mask, config, net_of(config), seed=0).backtrack_iterations == drops
 
 
 def test_backtracking_keeps_parameters_while_psnr_does_not_drop(house64):
@@ -325,3 +361,18 @@ def test_the_host_reads_the_loss_only_at_checks_evaluation_points_and_the_end(ho
     read_in = {i for i in reads if i < config.iterations}
     assert read_in == {0, 10, 15, 20, 29}, sorted(read_in)
     assert [p.iteration for p in result.curve] == [0, 15, 29] and np.isfinite(result.final_loss)
+
+
+@pytest.mark.parametrize("input_noise", ["fixed", "cumulative"])
+def test_the_input_noise_does_not_depend_on_the_memory_layout(house64, input_noise):
+    """channels_last changes where the input lives in memory, not what it holds: for one seed the fast
+    and the reference layouts see the same z and the same noise, element for element, at every step."""
+    image, mask = house64
+    inputs = {}
+    for channels_last in (False, True):
+        config = RestoreConfig(channels_last=channels_last, input_noise=input_noise, net=TINY_NET)
+        trainer = Trainer(image, mask, config, net_of(config), seed=3, device=torch.device("cpu"))
+        inputs[channels_last] = [trainer.next_input().clone() for _ in range(3)]
+    assert inputs[True][0].is_contiguous(memory_format=torch.channels_last)
+    for reference, fast in zip(inputs[False], inputs[True]):
+        assert torch.equal(reference, fast)

@@ -90,7 +90,9 @@ def header(records: list[dict], config: dict) -> str:
     recipe = config["recipe"]
     prov = records[0]["provenance"]
     commits = commit_labels(records)
-    dates = sorted(r["provenance"]["timestamp"] for r in records)
+    # a cell runs from its "started" (kept across resumes; absent in older records) to its record's timestamp
+    starts = sorted(r.get("started") or r["provenance"]["timestamp"] for r in records)
+    ends = sorted(r["provenance"]["timestamp"] for r in records)
     seeds_per_image = {key: sum(1 for r in records if r["image"] == key) for key in dict.fromkeys(r["image"] for r in records)}
     mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
     recipe_name = config.get("recipe_name", "paper")
@@ -104,7 +106,7 @@ def header(records: list[dict], config: dict) -> str:
         + (f"; up to {config['cells_per_gpu']} cells trained at once as one batched model (--cells-per-gpu): "
            f"a cell's ms/iter is its batch's step" if config.get("cells_per_gpu", 1) > 1 else ""),
         f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
-        f"- Commit: {', '.join(commits)}; runs from {dates[0]} to {dates[-1]}",
+        f"- Commit: {', '.join(commits)}; runs from {starts[0]} to {ends[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
     recipe_differs = recipe_differences(config)

@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch build: with an NVIDIA driver (nvidia-smi on PATH) the newest CUDA wheel; without one the pinned
-# 2.13.0 (a CPU wheel where one is on a local wheelhouse, as on CI). Override: make setup TORCH="torch==X".
+# torch build: with an NVIDIA driver (nvidia-smi on PATH) the newest torch of the pip index (CUDA on PyPI);
+# without one the pinned 2.13.0 from the pip index: a CPU wheel only where the index or a local wheelhouse
+# serves one (as on CI); PyPI's Linux wheel is a CUDA build. Overrides: make setup TORCH="torch==X", and
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for PyTorch's CPU wheels.
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+TORCH_INDEX ?=
 # `make bench` runs the paper profile on a CUDA machine and the brief profile (minutes) without one.
 HAS_GPU := $(if $(shell command -v nvidia-smi 2>/dev/null),yes,)
 
-.PHONY: setup test bench bench-brief bench-quick bench-paper readme ablations check spread power baseline speed gpu-check clean-runs
+.PHONY: setup test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed gpu-check clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 
@@ -44,6 +47,23 @@ bench-paper:
 	$(PY) -m bench run --profile paper --publish --with "Seed recipe=runs/paper-seed"
 	$(PY) -m bench published
 
+# Table 1 at the paper's protocol on a CPU, over as many sessions as it takes (docs/long-runs.md, "A campaign
+# on a CPU"): run it from a worktree pinned to one commit, records and checkpoints under $DIP_RUNS_DIR (outside
+# the checkout); run it again to resume. Fast path on CAMPAIGN_IMAGES, then House on the reference path.
+CAMPAIGN_IMAGES ?= house,cman,peppers,montage
+CAMPAIGN_FLAGS := --profile paper --seeds 0 --checkpoint-every 250 --no-progress --log-every 600
+campaign:
+	@test -n "$$DIP_RUNS_DIR" || { echo "error: set DIP_RUNS_DIR to a directory outside the checkout, e.g. DIP_RUNS_DIR=~/dip-runs" >&2; exit 2; }
+	$(PY) -m bench run $(CAMPAIGN_FLAGS) --images $(CAMPAIGN_IMAGES) --results-dir "$$DIP_RUNS_DIR/paper"
+	$(PY) -m bench run $(CAMPAIGN_FLAGS) --images house --path reference --results-dir "$$DIP_RUNS_DIR/paper-reference"
+
+# Publish what the campaign has finished (run from the main checkout): reports/paper.md with its coverage of
+# Table 1, and reports/paper-reference.md; records are snapshotted beside them, checkpoints never.
+campaign-report:
+	@test -n "$$DIP_RUNS_DIR" || { echo "error: set DIP_RUNS_DIR to the campaign's directory" >&2; exit 2; }
+	$(PY) -m bench report --results-dir "$$DIP_RUNS_DIR/paper" --out reports/paper.md
+	$(PY) -m bench report --results-dir "$$DIP_RUNS_DIR/paper-reference" --out reports/paper-reference.md
+
 # Rewrite the README's results table from the committed records of reports/brief/ (`--check` compares only).
 readme:
 	$(PY) -m bench readme
@@ -57,7 +77,7 @@ ablations:
 # which also prints the speed-up over the authors' code (bench/authors.py) timed in the same rounds
 check:
 	$(PY) -m bench check
-	$(PY) -m bench speed --size 256 --steps 1 --gate --authors
+	$(PY) -m bench speed --size 256 --steps 1 --gate --authors --device cpu
 
 # how far CPU kernels and thread counts move the check's numbers: reports/regression-spread.md (~10 min)
 spread:

@@ -82,7 +82,12 @@ def authors_skip(config: SkipNetConfig | None = None) -> nn.Sequential:
 
 
 class AuthorsStep:
-    """The authors' training step on one image: ``step()`` is one iteration of their loop."""
+    """The authors' training step on one image: ``step()`` is one iteration of their loop.
+
+    Conservative as a speed anchor: the notebook's closure also computes two PSNRs per step
+    (``compare_psnr`` of the masked and of the full output, each a copy of the output to the host
+    and a NumPy pass), which this step leaves out, so the authors' code as run is somewhat slower
+    than timed here and every "fast vs authors" ratio is a lower bound."""
 
     def __init__(self, image: np.ndarray, mask: np.ndarray, seed: int = 0, config: SkipNetConfig | None = None,
                  noise_std: float = 0.03, lr: float = 1e-3, device: torch.device | str = "cpu") -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,status,report,readme,check,spread,power,estimate,compare,ablate,published,speed,speed-report,gpu-check}``.
+"""Command line: ``python -m bench {run,status,report,readme,docs,check,spread,power,estimate,compare,ablate,published,speed,speed-report,gpu-check}``.
 
 This module only parses: each command's work lives in bench.commands and is imported when that command
 runs, so reading results (report, compare, readme) never loads PyTorch. User errors (unknown
@@ -26,6 +26,7 @@ COMMANDS = {
     "status": ("results", "cmd_status"),
     "report": ("results", "cmd_report"),
     "readme": ("results", "cmd_readme"),
+    "docs": ("docs", "cmd_docs"),
     "compare": ("results", "cmd_compare"),
     "check": ("checks", "cmd_check"),
     "spread": ("checks", "cmd_spread"),
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     readme_p.add_argument("--run", default=README_RUN, metavar="NAME",
                           help=f"the published run whose records fill the table: reports/NAME/records (default {README_RUN})")
     readme_p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the README's table differs")
+
+    docs_p = commands.add_parser("docs", help="write docs/protocol.md's tables of the profiles' and the recipe's "
+                                              "defaults from the code")
+    docs_p.add_argument("--check", action="store_true", help="write nothing; exit 1 if docs/protocol.md's tables differ")
 
     cmp_p = commands.add_parser("compare", help="two runs side by side (e.g. fast vs reference path)")
     cmp_p.add_argument("--results-dir", type=Path, metavar="DIR", required=True, help="the first run's results directory")

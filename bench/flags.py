@@ -87,7 +87,7 @@ HELP: dict[str, str] = {
     "recipe.timer_window": "iterations per timing window (one host sync each on CUDA)",
     # net
     "net.in_channels": "channels of the network input z",
-    "net.scales": "encoder and decoder levels; image sides must be multiples of 2**scales",
+    "net.scales": "encoder and decoder levels; image sides must be multiples of 2**scales and at least 2 * 2**scales",
     "net.channels_down": "channels of each downsampling (encoder) block",
     "net.channels_up": "channels of each upsampling (decoder) block",
     "net.channels_skip": "channels of each skip connection; 0 = no skips",

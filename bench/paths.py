@@ -21,6 +21,7 @@ REPORTS_DIR = REPO_ROOT / "reports"  # published reports with a snapshot of thei
 GOLDENS_DIR = REPORTS_DIR / "baselines"  # the regression check's goldens
 SPREAD_PATH = REPORTS_DIR / "regression-spread.json"  # the measurement its tolerances come from
 README = REPO_ROOT / "README.md"
+PROTOCOL = REPO_ROOT / "docs" / "protocol.md"  # holds the defaults tables that `python -m bench docs` writes
 README_RUN = "brief"  # the published run whose table the README shows: what `make bench` gives without a GPU
 
 

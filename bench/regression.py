@@ -47,6 +47,10 @@ def golden_path(part: str, goldens_dir: Path = GOLDENS_DIR) -> Path:
     return goldens_dir / f"{PARTS[part]}.json"
 
 
+class CellsFailed(BenchError):
+    """A cell of the check's own run diverged: the recipe regressed, so the part fails (exit 1)."""
+
+
 def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...] = ()) -> list[dict]:
     """Train ``part``'s profile (only ``images`` of it, if given) on the CPU into an emptied
     ``work_dir/<profile>``; its complete records."""
@@ -57,7 +61,7 @@ def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...]
     outcome = run(build_config(profile, overrides), data_dir, results, progress=False)
     if outcome.failures:
         reasons = "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures)
-        raise BenchError(f"{profile}: {len(outcome.failures)} cell(s) failed to train ({reasons})")
+        raise CellsFailed(f"{profile}: {len(outcome.failures)} cell(s) failed to train ({reasons})")
     return outcome.records
 
 
@@ -142,7 +146,11 @@ def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOL
         if unknown:
             raise BenchError(f"the fingerprint golden has no image {unknown[0]!r}; it has {', '.join(golden['fingerprint'])}")
         golden = {**golden, "fingerprint": {name: golden["fingerprint"][name] for name in images}}
-    return CHECKS[part](fresh_run(part, data_dir, work_dir, images), golden)
+    try:
+        records = fresh_run(part, data_dir, work_dir, images)
+    except CellsFailed as exc:
+        return PartResult(part, False, [str(exc)], math.inf, str(exc))
+    return CHECKS[part](records, golden)
 
 
 def record(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR, spread_path: Path = SPREAD_PATH) -> Path:

@@ -21,7 +21,7 @@ from bench.analysis.summary import (
     shared_config,
     summarise,
 )
-from bench.analysis.tables import extra_table, header, markdown_table
+from bench.analysis.tables import coverage_section, extra_table, header, markdown_table
 from bench.records import write_json_atomic, write_text_atomic
 from bench.rundir import RunDir, cell_stem
 
@@ -101,10 +101,12 @@ def write_report(
     others: dict[str, list[dict]] | None = None,
     results_dir: Path | None = None,
     failures: list[dict] | None = None,
+    coverage: list[dict] | None = None,
 ) -> Path:
     """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
     reports/quick/), links to the panels in ``results_dir`` that exist, and a snapshot of the records
-    it was built from (and of ``others``) into ``records_dir``."""
+    it was built from (and of ``others``) into ``records_dir``. ``coverage``: the rows of
+    :func:`bench.coverage.coverage`, for a "Coverage of Table 1" section."""
     from bench.analysis.figures import (  # matplotlib: only here
         plot_curves,
         plot_vs_reference,
@@ -112,7 +114,7 @@ def write_report(
 
     prep = prepare(records, others, failures)
     figures_dir = out.parent / out.stem
-    sections = []
+    sections = coverage_section(coverage) if coverage else []
     if all("curve" in r for r in records):  # records written before curves existed get no plots
         curves = plot_curves(records, figures_dir / "psnr_curves.png")
         summary = prep.summary.copy()

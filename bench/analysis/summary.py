@@ -154,6 +154,7 @@ def aligned(summary: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
 
 PAPER_ITERATIONS = RestoreConfig().iterations
+PAPER_KEEP = 0.5  # Table 1 drops 50% of the pixels
 # Recipe fields that change what is computed; the rest only change how (execution fields), what is
 # recorded (curve points, EMA, timer) or how long (the budget, judged apart).
 _NOT_PROTOCOL = set(EXECUTION_FIELDS) | {"iterations", "eval_every", "ema_decay", "timer_warmup", "timer_window"}
@@ -165,10 +166,14 @@ def is_paper_budget(config: dict) -> bool:
 
 
 def recipe_differences(config: dict) -> list[str]:
-    """Where a run's recipe (as stored in its records) departs from the paper's: ``["lr 0.01", ...]``.
-    Network fields are compared too, except the output channels (they follow the image)."""
+    """Where a run's protocol (as stored in its records) departs from the paper's: ``["lr 0.01", ...]``.
+    Network fields are compared too, except the output channels (they follow the image); so is the
+    fraction of pixels kept (Table 1 drops 50%). Either mask, a bernoulli draw or the authors' own, is
+    the protocol, and so is any subset of the images (each row is compared with its own Table 1 cell)."""
     paper, recipe = RestoreConfig().to_dict(), config["recipe"]
     differs = [f"{k} {recipe[k]}" for k in paper if k not in _NOT_PROTOCOL | {"net"} and k in recipe and recipe[k] != paper[k]]
     net = recipe.get("net", {})
     differs += [f"net.{k} {net[k]}" for k, v in paper["net"].items() if k != "out_channels" and k in net and net[k] != v]
+    if config.get("mask") == "bernoulli" and config.get("keep", PAPER_KEEP) != PAPER_KEEP:
+        differs.append(f"keep {config['keep']}")
     return differs

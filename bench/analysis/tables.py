@@ -117,10 +117,10 @@ def header(records: list[dict], config: dict) -> str:
             f"{'centre crops of ' + str(config['crop']) + ' px' if config['crop'] else 'full images'} and "
             f"{recipe['iterations']} iterations instead of the paper's full images and 11000 iterations; "
             f"the Table 1 columns are shown for orientation only, and Δ is not a reproduction gap."
-            + (f" Its recipe also differs from the paper's in: {', '.join(recipe_differs)}." if recipe_differs else ""),
+            + (f" Its protocol also differs from the paper's in: {', '.join(recipe_differs)}." if recipe_differs else ""),
         ]
     elif recipe_differs:
-        lines += ["", f"> **Not comparable to Table 1.** This run's recipe differs from the paper's in: "
+        lines += ["", f"> **Not comparable to Table 1.** This run's protocol differs from the paper's in: "
                       f"{', '.join(recipe_differs)}; Δ is the effect of that change, not a reproduction gap."]
     return "\n".join(lines)
 
@@ -130,3 +130,27 @@ def _span(counts) -> str:
     return str(lo) if lo == hi else f"{lo} to {hi}"
 
 
+
+
+def coverage_section(rows: list[dict]) -> list[str]:
+    """The "Coverage" section of a paper-protocol report from :func:`bench.coverage.coverage`'s rows:
+    which of Table 1's cells are done, which are under way (and how far), which are missing, and what
+    each unfinished one still costs."""
+    done = sum(r["state"] == "done" for r in rows)
+    left = [r["hours_left"] for r in rows if r["hours_left"] is not None]
+    table = pd.DataFrame([{
+        "Image": r["name"],
+        "Seed": r["seed"],
+        "Size": r["size"],
+        "State": r["state"],
+        "Iterations done": "" if r["iteration"] is None else
+        (str(r["iteration"]) if r["state"] == "done" else f"{r['iteration']} (last checkpoint)"),
+        "PSNR": "" if r["psnr"] is None else f"{r['psnr']:.2f}",
+        "Hours left": "" if r["hours_left"] is None else f"{r['hours_left']:.1f}",
+        "Cost basis": r["basis"],
+    } for r in rows])
+    summary = (f"{done} of {len(rows)} cells done" + (f"; the others need about {sum(left):.0f} h more on the "
+               f"machine that ran this one, one cell at a time" if left else "") + ".")
+    return ["## Coverage of Table 1", summary,
+            table.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "left", "left",
+                                                                            "right", "right", "right", "left"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.analysis.summary import is_paper_budget
 from bench.errors import BenchError
 from bench.paths import RUNS_DIR
 from bench.records import load_records
@@ -31,3 +32,12 @@ def results_dir_of(args: argparse.Namespace) -> Path:
 
 def config_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k}
+
+
+def paper_coverage(records: list[dict], results_dir: Path) -> list[dict] | None:
+    """The coverage rows of a run at the paper's budget (full images, 11000 iterations), else None."""
+    if not is_paper_budget(records[0]["config"]):
+        return None
+    from bench.coverage import coverage  # reads checkpoints: torch, only for paper-budget runs
+
+    return coverage(results_dir, records)

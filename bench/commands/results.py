@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from bench.analysis.report import render, write_report
-from bench.commands.common import parse_others, results_dir_of
+from bench.analysis.tables import coverage_section
+from bench.commands.common import paper_coverage, parse_others, results_dir_of
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.paths import README, RUNS_DIR, published_paths, run_name
@@ -42,8 +43,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         out, snapshot = args.out, args.out.with_suffix("") / "records"
     if snapshot.resolve() == results_dir.resolve():
         snapshot = None  # the records already sit there
-    write_report(records, out, snapshot, others=others, results_dir=results_dir, failures=failures)
+    rows = paper_coverage(records, results_dir)
+    write_report(records, out, snapshot, others=others, results_dir=results_dir, failures=failures, coverage=rows)
     print(render(records, others, failures=failures))
+    if rows:
+        print(" ".join(coverage_section(rows)[1:2]))
     print(f"Report written to {out}")
     return 0
 

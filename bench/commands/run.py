@@ -9,7 +9,7 @@ import torch
 
 from bench.analysis.report import render, write_report
 from bench.analysis.summary import check_comparable, shared_config
-from bench.commands.common import config_overrides, parse_others
+from bench.commands.common import config_overrides, paper_coverage, parse_others
 from bench.config import build_config
 from bench.data import data_dir
 from bench.errors import BenchError
@@ -75,10 +75,12 @@ def report_finished(result: Finished, config, args: argparse.Namespace, others: 
     """Write and print the run's report; exit 1 if a cell failed or a job ended without its cell."""
     records, failures = result.outcome.records, result.outcome.failures
     if records:
-        report_path = write_report(records, RunDir(results_dir).report, others=others, results_dir=results_dir, failures=failures)
+        rows = paper_coverage(records, results_dir)
+        report_path = write_report(records, RunDir(results_dir).report, others=others, results_dir=results_dir,
+                                   failures=failures, coverage=rows)
         if args.publish:
             report_path = write_report(records, *published_paths(run_name(config.profile, config.recipe_name)),
-                                       others=others, results_dir=results_dir, failures=failures)
+                                       others=others, results_dir=results_dir, failures=failures, coverage=rows)
         print(render(records, others, failures=failures))
         print(f"Report written to {report_path}")
     for line in result.problems:

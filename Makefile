@@ -8,10 +8,12 @@ PY := $(VENV)/bin/python
 # TORCH_INDEX=https://download.pytorch.org/whl/cpu for PyTorch's CPU wheels.
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
 TORCH_INDEX ?=
-# `make bench` runs the paper profile on a CUDA machine and the brief profile (minutes) without one.
-HAS_GPU := $(if $(shell command -v nvidia-smi 2>/dev/null),yes,)
+# `make bench` runs the paper profile where torch sees a CUDA device and the brief profile (minutes) elsewhere.
+# Torch is asked when the recipe runs, not nvidia-smi: under a CPU build of torch, or a driver too old for the
+# installed wheel, nvidia-smi is there and the paper profile would run on the CPU for days.
+TORCH_CUDA = $(PY) -c 'import torch; print(torch.__version__, torch.cuda.is_available())'
 
-.PHONY: setup test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed gpu-check clean-runs
+.PHONY: setup test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed gpu-check gpu-session wheelhouse clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +24,17 @@ setup:
 test:
 	$(PY) -m pytest
 
-# The main job. With a GPU: the paper profile (Table 1's protocol) with the seed reproduction's recipe as a
-# column; without one: the brief profile, then what to run next. Both also score the published outputs.
-bench: $(if $(HAS_GPU),bench-paper,bench-brief)
+# The main job. Where torch sees a GPU: the paper profile (Table 1's protocol) with the seed reproduction's recipe
+# as a column; elsewhere: the brief profile, then what to run next. Both also score the published outputs.
+bench:
+	@set -- $$($(TORCH_CUDA)); \
+	if [ "$$2" = True ]; then $(MAKE) --no-print-directory bench-paper; \
+	else \
+	  if command -v nvidia-smi >/dev/null 2>&1; then \
+	    echo "nvidia-smi found but torch $$1 sees no CUDA device (CPU build, or a driver too old for it): running the brief profile; see README"; \
+	  fi; \
+	  $(MAKE) --no-print-directory bench-brief; \
+	fi
 
 # All 11 images once, 64x64 crops, 500 iterations: reports/brief.md and the README's results table.
 bench-brief:
@@ -101,6 +111,29 @@ baseline:
 # writes runs/gpu-check/gpu-check.json (attach it to an issue). Refuses with one line where no CUDA device is seen.
 gpu-check:
 	$(PY) -m bench gpu-check
+
+# The one command for a short GPU window, without network (docs/gpu-session.md): gpu-check's parts, then the paper
+# table (seed 0) in the fastest mode they showed correct, until GPU_SESSION_BUDGET seconds; all it produced goes into
+# $(GPU_SESSION_OUT)/gpu-session.tar.gz (at most 16 MB). Without a .venv it runs the machine's python3 on the checkout
+# (PYTHONPATH=.: nothing installed). GPU_SESSION_FLAGS=--rehearse: the same flow on the CPU, under a minute, one thread
+# each for OpenMP and OpenBLAS (on a shared CPU their spinning threads slow it several-fold).
+GPU_SESSION_OUT ?= runs/gpu-session
+GPU_SESSION_BUDGET ?= 540
+GPU_SESSION_FLAGS ?=
+SESSION_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-session:
+	$(if $(filter --rehearse,$(GPU_SESSION_FLAGS)),OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1) PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} \
+	  $(SESSION_PY) -m bench gpu-session --out $(GPU_SESSION_OUT) --budget $(GPU_SESSION_BUDGET) $(GPU_SESSION_FLAGS)
+
+# On a connected machine: the pure-Python wheels a GPU machine's Python may lack or have too old for the session
+# (filelock 4.x for the cell locks, py-cpuinfo2 for provenance; tabulate and tqdm in case), for PYTHON_VERSION, into
+# wheelhouse/ (git-ignored); carry it over and install from it there (docs/gpu-session.md).
+PYTHON_VERSION ?= 3.12
+WHEEL_PLATFORM ?= manylinux2014_x86_64
+WHEELHOUSE_PACKAGES ?= "filelock>=4.3" "py-cpuinfo2>=10" "tabulate>=0.9" "tqdm>=4.60"
+wheelhouse:
+	$(PYTHON) -m pip download --only-binary=:all: --no-deps --python-version $(PYTHON_VERSION) \
+	  --platform $(WHEEL_PLATFORM) --dest wheelhouse $(WHEELHOUSE_PACKAGES)
 
 clean-runs:
 	rm -rf runs

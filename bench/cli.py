@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {run,status,report,readme,docs,check,spread,power,estimate,compare,ablate,published,speed,speed-report,gpu-check}``.
+"""Command line: ``python -m bench {run,status,report,readme,docs,check,spread,power,estimate,compare,ablate,published,speed,speed-report,gpu-check,gpu-session}``.
 
 This module only parses: each command's work lives in bench.commands and is imported when that command
 runs, so reading results (report, compare, readme) never loads PyTorch. User errors (unknown
@@ -34,6 +34,7 @@ COMMANDS = {
     "speed": ("checks", "cmd_speed"),
     "speed-report": ("checks", "cmd_speed_report"),
     "gpu-check": ("checks", "cmd_gpu_check"),
+    "gpu-session": ("checks", "cmd_gpu_session"),
     "estimate": ("studies", "cmd_estimate"),
     "ablate": ("studies", "cmd_ablate"),
     "published": ("studies", "cmd_published"),
@@ -158,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_p.add_argument("--work-dir", type=Path, metavar="DIR", default=RUNS_DIR / "gpu-check",
                        help="where its runs and gpu-check.json go (default runs/gpu-check)")
     gpu_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
+    session_p = commands.add_parser("gpu-session", help="the one command for a GPU window, without network: gpu-check's "
+                                                        "parts, then the paper table (seed 0) in the fastest mode they "
+                                                        "proved correct until --budget; writes DIR/gpu-session.tar.gz")
+    session_p.add_argument("--out", type=Path, metavar="DIR", required=True,
+                           help="where its records, report, log and archive go (must not hold an earlier session's)")
+    session_p.add_argument("--budget", type=non_negative_seconds, metavar="SECONDS", required=True,
+                           help="wall seconds from its start, report and archive included; training stops in time")
+    session_p.add_argument("--rehearse", action="store_true",
+                           help="the same flow on the CPU with a tiny configuration (64x64 crops, a few iterations, "
+                                "3 images), well under a minute: every step but CUDA itself")
+    session_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache); "
+                                                            "every file must be there already: nothing is downloaded")
     sreport_p = commands.add_parser("speed-report", help="reports/speed.md from pytest-benchmark JSON + a profile")
     sreport_p.add_argument("--json", type=Path, metavar="FILE", required=True, help="pytest-benchmark's JSON output (--benchmark-json)")
     sreport_p.add_argument("--out", type=Path, metavar="FILE", required=True, help="the markdown report to write")

@@ -53,13 +53,26 @@ def cpu_has_fast_bf16() -> bool:
     return bool(amx or avx512_bf16)
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` names computes bf16 natively (compute capability 8.0 and up, or ROCm).
+    torch's default check counts emulation too, which is True on a V100 or T4, where bf16 runs slower
+    than fp16; and it asks the current device, which is not ``device`` for cuda:N with N > 0."""
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(config: RunConfig, device: torch.device) -> str:
     if config.precision != "auto":
         return config.precision
     if config.path == "reference":
         return "fp32"
     if device.type == "cuda":  # (planning a Slurm submission on a node without CUDA: a guess, see NODE_FIELDS)
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+        if cuda_has_native_bf16(device):
+            return "bf16"
+        # fp16 needs a GradScaler, which batched cells and CUDA graphs do not take (dip.batched, dip.recipe)
+        return "fp16" if config.cells_per_gpu == 1 and not config.recipe.cuda_graphs else "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 

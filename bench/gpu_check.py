@@ -14,18 +14,28 @@ so a user's first GPU run is its first test. This runs, in a few minutes:
    batched model against the same 4 stepped alone, per cell-iteration, both with CUDA graphs;
 
 and writes every number with its provenance to ``<work-dir>/gpu-check.json``, a file to attach to an
-issue.
+issue. Each part is a function of :data:`PARTS` returning its JSON-ready result; the record is rewritten
+as each part finishes (``"complete": false`` until the last), so a crash or a kill keeps the parts done,
+and a part that fails is recorded with its error while the others still run. ``python -m bench
+gpu-session`` (bench/gpu_session.py) runs the same parts, then the paper table. Every run trains into
+an emptied directory: records of an earlier check with an equal configuration (which holds no commit)
+would otherwise be reused, and a re-run after a fix would compare the old results.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bench.analysis.check import make_baseline
 from bench.config import build_config
-from bench.errors import BenchError
+from bench.errors import BenchError, RunStopped
 from bench.hardware import peak_tflops
 from bench.paths import GOLDENS_DIR
 from bench.provenance import device_name, provenance
@@ -37,13 +47,15 @@ from bench.train import gflop_per_iteration
 from dip.graphs import WARMUP_STEPS
 from dip.nets import SkipNetConfig
 
+CHECK_RECORD = "gpu-check.json"  # the record's name in the work directory
 
-def require_cuda() -> torch.device:
+
+def require_cuda(command: str = "gpu-check",
+                 hint: str = "on a GPU machine, 'make setup' installs a CUDA build") -> torch.device:
     """The CUDA device, or a one-line error saying why there is none."""
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise BenchError(f"gpu-check needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none; "
-                         "on a GPU machine, 'make setup' installs a CUDA build")
+        raise BenchError(f"{command} needs a CUDA GPU, and torch {torch.__version__} ({build}) sees none; {hint}")
     return torch.device("cuda")
 
 
@@ -51,13 +63,52 @@ def require_cuda() -> torch.device:
 BATCHED_SPEED_CELLS = 4
 
 
-def smoke_records(data_dir: Path, results_dir: Path, cuda_graphs: bool = False, cells_per_gpu: int = 1) -> list[dict]:
-    """The smoke profile on CUDA (fast path): eager or with whole-step CUDA graphs, one cell or
-    ``cells_per_gpu`` at a time."""
-    overrides = {"run.device": "cuda", "recipe.cuda_graphs": cuda_graphs, "run.cells_per_gpu": cells_per_gpu}
+@dataclass(frozen=True)
+class CheckPlan:
+    """What the parts run and on which device: :data:`GPU_PLAN`, or the rehearsal's tiny CPU stand-in
+    (bench.gpu_session), which exercises every step but CUDA itself."""
+
+    device: str = "cuda"
+    smoke_overrides: tuple[tuple[str, object], ...] = ()  # (dest, value) on top of the smoke profile
+    cuda_graphs: bool = True  # False off a GPU: the graph parts are skipped, the batched timing runs eager
+    # True: the outcome part compares with a baseline made from its own eager run, for a configuration
+    # that has no committed one (the rehearsal's); it then tests the comparison's code, not CUDA
+    own_baseline: bool = False
+    speed_size: int = 256
+    speed_rounds: int = 5
+    speed_steps: int = 5
+    batched_speed_cells: int = BATCHED_SPEED_CELLS
+    batched_speed_rounds: int = 3
+    batched_speed_steps: int = 5
+
+
+GPU_PLAN = CheckPlan()
+
+
+@dataclass
+class CheckState:
+    """What the parts of one check share: the plan, the places, the committed smoke baseline (whose
+    tolerance every comparison uses), and the eager run once the first part has trained it."""
+
+    plan: CheckPlan
+    device: torch.device
+    data_dir: Path
+    work_dir: Path
+    golden: dict
+    eager: list[dict] | None = None
+
+
+def smoke_records(plan: CheckPlan, data_dir: Path, results_dir: Path, cuda_graphs: bool = False,
+                  cells_per_gpu: int = 1) -> list[dict]:
+    """The smoke profile on the plan's device (fast path), trained afresh into an emptied ``results_dir``:
+    eager or with whole-step CUDA graphs, one cell or ``cells_per_gpu`` at a time."""
+    # Emptied first: an earlier check's records of an equal configuration would be reused, not re-run.
+    shutil.rmtree(results_dir, ignore_errors=True)
+    overrides = {**dict(plan.smoke_overrides), "run.device": plan.device, "recipe.cuda_graphs": cuda_graphs,
+                 "run.cells_per_gpu": cells_per_gpu}
     outcome = run(build_config("smoke", overrides), data_dir, results_dir, progress=False)
     if outcome.failures:
-        raise BenchError(f"gpu-check: {len(outcome.failures)} smoke cell(s) failed on CUDA: "
+        raise BenchError(f"{len(outcome.failures)} smoke cell(s) failed to train on {plan.device}: "
                          + "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures))
     return outcome.records
 
@@ -77,9 +128,9 @@ def against_eager(eager: list[dict], other: list[dict], per_image_db: float) -> 
     return {"ok": ok, "delta_db": deltas, "tolerance_db": per_image_db}
 
 
-def speed_at(size: int, device: torch.device) -> dict:
+def speed_at(size: int, device: torch.device, rounds: int = 5, steps: int = 5) -> dict:
     """ms/iter of both paths and the authors' code at size x size, GFLOP/s and the fraction of peak."""
-    m = measure_ratio(size, rounds=5, steps=5, device=str(device), authors=True)
+    m = measure_ratio(size, rounds=rounds, steps=steps, device=str(device), authors=True)
     gflop = gflop_per_iteration(SkipNetConfig(), size, size)
     name = device_name(device)
     peak = peak_tflops(name, m.fast_precision, tf32=True)
@@ -93,56 +144,161 @@ def speed_at(size: int, device: torch.device) -> dict:
     }
 
 
-def batched_speed_at(size: int, cells: int, device: torch.device) -> dict:
-    m = measure_batched(size, cells, rounds=3, steps=5, warmup=WARMUP_STEPS + 2, device=str(device), cuda_graphs=True)
-    return {"size": size, "cells": cells, "alone_ms_per_cell": m.alone_s * 1e3,
+def batched_speed_at(size: int, cells: int, device: torch.device, rounds: int = 3, steps: int = 5,
+                     cuda_graphs: bool = True) -> dict:
+    """Per cell-iteration: ``cells`` cells as one batched model against the same cells stepped alone."""
+    warmup = WARMUP_STEPS + 2 if cuda_graphs else 2  # past the graphs' eager warm-up steps
+    m = measure_batched(size, cells, rounds=rounds, steps=steps, warmup=warmup, device=str(device),
+                        cuda_graphs=cuda_graphs)
+    return {"size": size, "cells": cells, "cuda_graphs": cuda_graphs, "alone_ms_per_cell": m.alone_s * 1e3,
             "batched_ms_per_cell": m.batched_s * 1e3, "speed_up": m.ratio}
 
 
-def _largest_delta_line(name: str, part: dict) -> str:
-    largest = max((abs(d) for d in part["delta_db"].values()), default=math.nan)
-    verdict = "OK" if part["ok"] else "FAIL"
-    return f"{verdict} {name}: largest |Δ| {largest:.2f} dB (tolerance ±{part['tolerance_db']:.2f})"
+# --- the parts: each takes the check's state and returns its JSON-ready result --------------------
+
+def skipped(reason: str) -> dict:
+    """The result of a part that cannot run here (not a failure)."""
+    return {"ok": None, "skipped": reason}
+
+
+def eager_records(state: CheckState) -> list[dict]:
+    if state.eager is None:
+        raise BenchError("needs the eager run of the first part, which did not finish")
+    return state.eager
+
+
+def cuda_vs_cpu_part(state: CheckState) -> dict:
+    """Train the eager run (the later parts compare with it) and compare it with the CPU baseline."""
+    state.eager = smoke_records(state.plan, state.data_dir, state.work_dir / "eager")
+    if state.plan.own_baseline:
+        own = make_baseline(state.eager, tolerance=state.golden["tolerance"])
+        return against_cpu_baseline(state.eager, own).to_dict() | {
+            "baseline": "the eager run's own records (no committed baseline for this configuration)"}
+    return against_cpu_baseline(state.eager, state.golden).to_dict()
+
+
+def versus_eager_part(run_name: str, cuda_graphs: bool, batched: bool) -> Callable[[CheckState], dict]:
+    """A part that trains the smoke cells another way (graphed, batched) into ``work_dir/run_name`` and
+    compares each image with the eager run."""
+    def part(state: CheckState) -> dict:
+        if cuda_graphs and not state.plan.cuda_graphs:
+            return skipped("CUDA graphs need a CUDA device")
+        eager = eager_records(state)
+        other = smoke_records(state.plan, state.data_dir, state.work_dir / run_name, cuda_graphs=cuda_graphs,
+                              cells_per_gpu=len(eager) if batched else 1)
+        return against_eager(eager, other, state.golden["tolerance"]["per_image_db"])
+    return part
+
+
+def speed_part(state: CheckState) -> dict:
+    plan = state.plan
+    return speed_at(plan.speed_size, state.device, rounds=plan.speed_rounds, steps=plan.speed_steps)
+
+
+def batched_speed_part(state: CheckState) -> dict:
+    plan = state.plan
+    return batched_speed_at(plan.speed_size, plan.batched_speed_cells, state.device, rounds=plan.batched_speed_rounds,
+                            steps=plan.batched_speed_steps, cuda_graphs=plan.cuda_graphs)
+
+
+# --- each part's summary line -------------------------------------------------------------------
+
+def _verdict_line(title: str, result: dict) -> str:
+    return f"{'OK' if result['ok'] else 'FAIL'} {title}: {result['lines'][-1]}"
+
+
+def _largest_delta_line(title: str, result: dict) -> str:
+    largest = max((abs(d) for d in result["delta_db"].values()), default=math.nan)
+    verdict = "OK" if result["ok"] else "FAIL"
+    return f"{verdict} {title}: largest |Δ| {largest:.2f} dB (tolerance ±{result['tolerance_db']:.2f})"
+
+
+def _speed_line(title: str, speed: dict) -> str:
+    peak = speed["fraction_of_peak"]
+    return (f"{title} {speed['size']}x{speed['size']}: fast {speed['fast_ms']:.1f} ms/iter "
+            f"({speed['fast_precision']}), {speed['fast_tflops']:.1f} TFLOP/s"
+            + ("" if peak is None else f", {100 * peak:.1f}% of the card's peak")
+            + f"; {speed['fast_vs_authors']:.2f}x the authors' code, "
+            f"{speed['fast_vs_reference']:.2f}x the reference path")
+
+
+def _batched_speed_line(title: str, batched: dict) -> str:
+    graphs = " (CUDA graphs)" if batched.get("cuda_graphs", True) else " (eager)"
+    return (f"batched {batched['cells']} cells at {batched['size']}x{batched['size']}{graphs}: "
+            f"{batched['batched_ms_per_cell']:.1f} ms per cell-iteration, alone {batched['alone_ms_per_cell']:.1f}: "
+            f"{batched['speed_up']:.2f}x")
+
+
+@dataclass(frozen=True)
+class Part:
+    key: str  # its key in gpu-check.json
+    title: str  # its name in the printed lines
+    run: Callable[[CheckState], dict]
+    line: Callable[[str, dict], str]  # its summary line, from (title, result)
+
+
+PARTS: tuple[Part, ...] = (
+    Part("cuda_vs_cpu", "CUDA vs CPU baseline", cuda_vs_cpu_part, _verdict_line),
+    Part("graphs_vs_eager", "CUDA graphs vs eager", versus_eager_part("graphs", True, False), _largest_delta_line),
+    Part("batched_vs_single", "batched cells vs single cells", versus_eager_part("batched", False, True),
+         _largest_delta_line),
+    Part("batched_graphs_vs_single", "batched cells as CUDA graphs vs single cells",
+         versus_eager_part("batched-graphs", True, True), _largest_delta_line),
+    Part("speed", "speed", speed_part, _speed_line),
+    Part("batched_speed", "batched speed", batched_speed_part, _batched_speed_line),
+)
+
+
+def run_part(part: Part, state: CheckState) -> dict:
+    """The part's result; a part that raises is a failed result with its error, so the others still run.
+    A stop signal is not a failure: it propagates."""
+    try:
+        return part.run(state)
+    except RunStopped:
+        raise
+    except BenchError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # a crash on the device (a CUDA error, a failed capture): its traceback goes to the log
+        traceback.print_exc()
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def part_line(part: Part, result: dict) -> str:
+    """The line printed for one part's result: FAIL with its error, SKIP with why, or its summary."""
+    if "error" in result:
+        return f"FAIL {part.title}: {result['error']}"
+    if "skipped" in result:
+        return f"SKIP {part.title}: {result['skipped']}"
+    return part.line(part.title, result)
 
 
 def summary_lines(record: dict) -> list[str]:
-    """What the command prints: one line per part."""
-    outcome, speed, batched = record["cuda_vs_cpu"], record["speed"], record["batched_speed"]
-    peak = speed["fraction_of_peak"]
-    return [
-        f"{'OK' if outcome['ok'] else 'FAIL'} CUDA vs CPU baseline: {outcome['lines'][-1]}",
-        _largest_delta_line("CUDA graphs vs eager", record["graphs_vs_eager"]),
-        _largest_delta_line("batched cells vs single cells", record["batched_vs_single"]),
-        _largest_delta_line("batched cells as CUDA graphs vs single cells", record["batched_graphs_vs_single"]),
-        f"speed {speed['size']}x{speed['size']}: fast {speed['fast_ms']:.1f} ms/iter ({speed['fast_precision']}), "
-        f"{speed['fast_tflops']:.1f} TFLOP/s" + ("" if peak is None else f", {100 * peak:.1f}% of the card's peak")
-        + f"; {speed['fast_vs_authors']:.2f}x the authors' code, {speed['fast_vs_reference']:.2f}x the reference path",
-        f"batched {batched['cells']} cells at {batched['size']}x{batched['size']} (CUDA graphs): "
-        f"{batched['batched_ms_per_cell']:.1f} ms per cell-iteration, alone {batched['alone_ms_per_cell']:.1f}: "
-        f"{batched['speed_up']:.2f}x",
-    ]
+    """What the command prints: one line per part in the record."""
+    return [part_line(part, record[part.key]) for part in PARTS if part.key in record]
 
 
-def gpu_check(data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR) -> dict:
-    """Run every part; write and return the record (``ok``: every part that can fail passed)."""
+def check_record(results: dict[str, dict], device: torch.device) -> dict:
+    """gpu-check.json from the parts' results so far: ``ok`` when none of them failed, ``complete`` once
+    every part has its result."""
+    return {"ok": all(r.get("ok") is not False for r in results.values()),
+            "complete": all(part.key in results for part in PARTS), **results, "provenance": provenance(device)}
+
+
+def new_state(plan: CheckPlan, device: torch.device, data_dir: Path, work_dir: Path,
+              goldens_dir: Path = GOLDENS_DIR) -> CheckState:
+    return CheckState(plan, device, data_dir, work_dir, read_json(goldens_dir / "smoke.json", "outcome baseline"))
+
+
+def gpu_check(data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR,
+              on_part: Callable[[Part, dict], None] | None = None) -> dict:
+    """Run every part, rewriting the record after each (``on_part`` is told each result as it comes);
+    return the record (``ok``: every part that can fail passed)."""
     device = require_cuda()
-    golden = read_json(goldens_dir / "smoke.json", "outcome baseline")
-    eager = smoke_records(data_dir, work_dir / "eager")
-    graphed = smoke_records(data_dir, work_dir / "graphs", cuda_graphs=True)
-    batched = smoke_records(data_dir, work_dir / "batched", cells_per_gpu=len(eager))
-    batched_graphed = smoke_records(data_dir, work_dir / "batched-graphs", cuda_graphs=True, cells_per_gpu=len(eager))
-    outcome = against_cpu_baseline(eager, golden)
-    tolerance = golden["tolerance"]["per_image_db"]
-    parts = {"graphs_vs_eager": against_eager(eager, graphed, tolerance),
-             "batched_vs_single": against_eager(eager, batched, tolerance),
-             "batched_graphs_vs_single": against_eager(eager, batched_graphed, tolerance)}
-    record = {
-        "ok": outcome.ok and all(part["ok"] for part in parts.values()),
-        "cuda_vs_cpu": outcome.to_dict(),
-        **parts,
-        "speed": speed_at(256, device),
-        "batched_speed": batched_speed_at(256, BATCHED_SPEED_CELLS, device),
-        "provenance": provenance(device),
-    }
-    write_json_atomic(work_dir / "gpu-check.json", record)
-    return record
+    state = new_state(GPU_PLAN, device, data_dir, work_dir, goldens_dir)
+    results: dict[str, dict] = {}
+    for part in PARTS:
+        results[part.key] = run_part(part, state)
+        write_json_atomic(work_dir / CHECK_RECORD, check_record(results, device))
+        if on_part is not None:
+            on_part(part, results[part.key])
+    return check_record(results, device)

@@ -29,9 +29,15 @@ def _git(*args: str) -> str | None:
 
 
 def git_state() -> dict:
-    """Commit and whether tracked files differ from it (a dirty tree's numbers are not the commit's)."""
+    """Commit and whether tracked files differ from it (a dirty tree's numbers are not the commit's).
+
+    A copy of the tree without its .git (as carried to a borrowed GPU machine) names its commit through
+    $DIP_COMMIT, set by whoever made the copy; its dirtiness is then unknown (None)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": os.environ.get("DIP_COMMIT", "").strip() or None, "dirty": None}
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
 @functools.lru_cache(maxsize=1)

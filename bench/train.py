@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ def run_cell(
     checkpointing: Checkpointing | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Train one cell; return its record (not yet written) and the restored image."""
+    gc.collect()  # the last cell's trainer may sit in a cycle (e.g. torch's lazy imports): free it before measuring
     reset_peak_memory(device)
     result = restore(
         cell.image,
@@ -257,6 +259,7 @@ def _train_batch(cells: list[Cell], ckpts: list[Checkpointing], starts: list[str
         session.progress.skip(start * len(cells))
     if len(cells) > 1:
         session.progress.note(f"training {len(cells)} cells as one batched model: {labels}")
+    gc.collect()  # the last cell's trainer may sit in a cycle (e.g. torch's lazy imports): free it before measuring
     reset_peak_memory(device)
     inputs = [CellInput(c.image, c.mask, cell_seed(c), reference=c.image) for c in cells]
     with contextlib.ExitStack() as bars:

@@ -21,6 +21,7 @@ steps as K separate trainers, up to the rounding of the grouped arithmetic (test
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dip.graphs import WholeStepGraphs
 from dip.recipe import RestoreConfig
-from dip.trainer import Trainer, autocast_context
+from dip.trainer import Trainer, adam_step_device, autocast_context, step_context
 
 
 def check_batchable(config: RestoreConfig) -> None:
@@ -38,6 +39,11 @@ def check_batchable(config: RestoreConfig) -> None:
     if refused:
         raise ValueError(f"batched cells run fp32 or bf16, contiguous, eager or as CUDA graphs; not with "
                          f"{', '.join(refused)}")
+
+
+def _one_network(skeleton: torch.nn.Module, params: dict, buffers: dict, net_input: torch.Tensor) -> torch.Tensor:
+    """The network ``skeleton`` (on the meta device) run with one cell's ``params`` and ``buffers``."""
+    return functional_call(skeleton, (params, buffers), (net_input,))
 
 
 def _per_cell(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -114,7 +120,9 @@ class BatchedTrainer:
         self.found_inf = torch.zeros(len(trainers), dtype=torch.bool, device=self.device)
         for k, trainer in enumerate(trainers):
             self.cell(k).restore_optimizer_state(trainer.optimizer.state_dict())  # a resumed cell's Adam
-        self._model = vmap(self._one_network, in_dims=(0, 0, 0))
+        # Over the skeleton, not a bound method: one would hold this trainer in a reference cycle, which
+        # only a garbage collection frees (its tensors counted in the next cell's peak memory).
+        self._model = vmap(partial(_one_network, self.skeleton), in_dims=(0, 0, 0))
         self.last_inputs: torch.Tensor | None = None
         # The host's skips for the next optimiser step (K,), copied to the device only when they change
         self.skip = torch.zeros(len(trainers), dtype=torch.bool, device=self.device)
@@ -124,14 +132,12 @@ class BatchedTrainer:
     def __len__(self) -> int:
         return len(self.trainers)
 
-    def _one_network(self, params: dict, buffers: dict, net_input: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.skeleton, (params, buffers), (net_input,))
-
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All K cells forward and back. Returns (outputs (K, 1, C, H, W), losses (K,)), without host reads."""
-        if self.graphs is not None:
-            return self.graphs.forward_backward()
-        return self.eager_forward_backward()
+        with step_context(self.device, self.config):
+            if self.graphs is not None:
+                return self.graphs.forward_backward()
+            return self.eager_forward_backward()
 
     def optimizer_step(self, skip: list[bool] | None = None) -> None:
         """One Adam step for every cell but those ``skip`` names (and, where Adam is fused, those whose
@@ -140,10 +146,11 @@ class BatchedTrainer:
         if skip != self._skip_on_host:
             self.skip.copy_(torch.tensor(skip))
             self._skip_on_host = skip
-        if self.graphs is not None:
-            self.graphs.optimizer_step()
-        else:
-            self.eager_optimizer_step()
+        with step_context(self.device, self.config):
+            if self.graphs is not None:
+                self.graphs.optimizer_step()
+            else:
+                self.eager_optimizer_step()
 
     def eager_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.optimizer.zero_grad()
@@ -187,7 +194,7 @@ class BatchedTrainer:
     @torch.no_grad()
     def final_outputs(self) -> torch.Tensor:
         """(K, 1, C, H, W): each network on its last input, in train mode, as Trainer.final_output does."""
-        with autocast_context(self.device, self.config.precision):
+        with step_context(self.device, self.config), autocast_context(self.device, self.config.precision):
             return self._model(self.params, self.buffers, self.last_inputs).float()
 
     def cell_parameters(self, k: int) -> dict[str, torch.Tensor]:
@@ -220,8 +227,8 @@ class BatchedCell:
         groups = copy.deepcopy(trainer.optimizer.state_dict()["param_groups"])
         if not adam.steps[k]:
             return {"state": {}, "param_groups": groups}  # as torch's Adam has it before its first step
-        # torch keeps the step count on the parameters' device for fused Adam, on the CPU otherwise
-        step_device = self.batch.device if trainer.config.fused_adam else "cpu"
+        # where torch's Adam of this cell alone keeps its step count
+        step_device = adam_step_device(trainer.optimizer.param_groups[0], self.batch.device)
         step = adam.steps[k].to(torch.float32).to(step_device)
         state = {j: {"step": step.clone(), "exp_avg": m[k].clone(), "exp_avg_sq": v[k].clone()}
                  for j, (m, v) in enumerate(zip(adam.exp_avg, adam.exp_avg_sq))}
@@ -241,7 +248,9 @@ class BatchedCell:
         """This cell's state in :meth:`Trainer.state_dict`'s format (live tensors: serialise at once)."""
         batch, k = self.batch, self.k
         trainer = batch.trainers[k]
-        net = {name: p[k].detach() for name, p in batch.params.items()}
-        net |= {name: b[k] for name, b in batch.buffers.items()}
+        # Cloned: p[k] is a view of the (K, ...) stack, and torch.save writes a view's whole storage,
+        # so each cell's checkpoint would hold all K cells' weights.
+        net = {name: p[k].detach().clone() for name, p in batch.params.items()}
+        net |= {name: b[k].clone() for name, b in batch.buffers.items()}
         net = {name: net[name] for name in trainer.net.state_dict()}  # the module's own key order
         return trainer.state_dict() | {"net": net, "optimizer": self.kept_optimizer_state()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -55,19 +56,24 @@ class Stepper(Protocol):
     def generators(self) -> list[torch.Generator]: ...
 
 
-def cuda_capture(generators: list[torch.Generator]) -> Capture:
-    """Capture the two bodies as CUDA graphs sharing one memory pool; ``generators`` (the noise) are
-    registered with graph A, so each replay advances them instead of repeating the captured draw."""
+def cuda_capture(device: torch.device, generators: list[torch.Generator]) -> Capture:
+    """Capture the two bodies on ``device`` as CUDA graphs sharing one memory pool; ``generators`` (the
+    noise) are registered with graph A, so each replay advances them instead of repeating the captured draw."""
 
     def capture(body_a: Body, body_b: Body) -> tuple[Body, Body]:
-        graph_a, graph_b = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        for generator in generators:
-            graph_a.register_generator_state(generator)
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph_a):
-            body_a()
-        with torch.cuda.graph(graph_b, pool=graph_a.pool()):
-            body_b()
+        # torch.cuda.graph synchronises and empties the cache of the current device, and its default
+        # capture stream is one per process, made on whichever device was current at the first capture:
+        # make ``device`` current and capture on a stream of its own.
+        with torch.cuda.device(device):
+            stream = torch.cuda.Stream(device)
+            graph_a, graph_b = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            for generator in generators:
+                graph_a.register_generator_state(generator)
+            torch.cuda.synchronize(device)
+            with torch.cuda.graph(graph_a, stream=stream):
+                body_a()
+            with torch.cuda.graph(graph_b, pool=graph_a.pool(), stream=stream):
+                body_b()
         return graph_a.replay, graph_b.replay
 
     return capture
@@ -91,13 +97,23 @@ class WholeStepGraphs:
     """A Stepper's ``forward_backward`` and ``optimizer_step``: eager for ``warmup`` steps, then replays."""
 
     def __init__(self, stepper: Stepper, capture: Capture | None = None, warmup: int = WARMUP_STEPS) -> None:
-        self.stepper = stepper
+        # Weak: the stepper holds these graphs, and a strong reference back would keep a finished trainer
+        # (its tensors and the graphs' memory pool) alive until a garbage collection, past the next cell's
+        # peak-memory reset.
+        self._stepper = weakref.ref(stepper)
         self.warmup = warmup
-        self.capture = capture or cuda_capture(stepper.generators())
+        self.capture = capture or cuda_capture(stepper.device, stepper.generators())
         self.eager_steps = 0
         self.replay_a: Callable[[], None] | None = None
         self.replay_b: Callable[[], None] | None = None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None  # graph A's outputs and losses
+
+    @property
+    def stepper(self) -> Stepper:
+        stepper = self._stepper()
+        if stepper is None:
+            raise RuntimeError("the trainer these graphs step has been freed")
+        return stepper
 
     @property
     def captured(self) -> bool:

@@ -225,7 +225,7 @@ def restore_batch(
             try:
                 points[k], take_step = loop.advance(i, outs[k], losses[k])
             except DivergenceError as exc:
-                outcome[k] = exc
+                outcome[k] = exc.with_traceback(None)  # its traceback would hold this frame: batch and all
                 continue
             skip[k] = not take_step
         batch.optimizer_step(skip)
@@ -247,7 +247,7 @@ def restore_batch(
                 loop.check_ended()
                 outcome[k] = loop.result(finals[k], timing)
             except DivergenceError as exc:
-                outcome[k] = exc
+                outcome[k] = exc.with_traceback(None)  # its traceback would hold this frame: batch and all
     return outcome  # type: ignore[return-value]
 
 

@@ -42,7 +42,9 @@ class _Mark:
         self.t = 0.0
         if device.type == "cuda":
             self.event = torch.cuda.Event(enable_timing=True)
-            self.event.record()
+            # On the timed device's stream: record() alone takes the current device's, which for a
+            # trainer on cuda:N (N > 0) outside its steps is cuda:0, an idle GPU.
+            self.event.record(torch.cuda.current_stream(device))
         else:
             self.t = time.perf_counter()
 

@@ -4,7 +4,8 @@
 ``forward_backward()`` (the masked MSE of one perturbed input and its gradients) then
 ``optimizer_step()``, which leaves the state unchanged on the device when the loss or a gradient
 is not finite, where the optimiser can (fused Adam, or a GradScaler): no host read per step. With
-``cuda_graphs`` both halves are replayed as CUDA graphs (:mod:`dip.graphs`). The loop around it
+``cuda_graphs`` both halves are replayed as CUDA graphs (:mod:`dip.graphs`). On CUDA each half runs with
+the trainer's device current and its own TF32 and autotuning flags (:func:`step_context`). The loop around it
 (evaluation, backtracking, divergence, checkpoints, timing) is :func:`dip.restore.restore`; the
 speed benchmark times the step alone.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -60,6 +61,55 @@ def check_device(config: RestoreConfig, device: torch.device) -> None:
         raise ValueError(f"{', '.join(cuda_only)} need{'s' if len(cuda_only) == 1 else ''} a CUDA device")
 
 
+@contextlib.contextmanager
+def cuda_backend_flags(*, tf32: bool, cudnn_benchmark: bool) -> Iterator[None]:
+    """TF32 (cuDNN convolutions and cuBLAS matmuls) and cuDNN autotuning as given inside the block, the
+    previous values restored after: the flags are process-wide, and two trainers of one process (the
+    speed benchmark's reference and fast paths) each need their own while they step."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = cudnn_benchmark, tf32, tf32
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
+@contextlib.contextmanager
+def _cuda_step(device: torch.device, config: RestoreConfig) -> Iterator[None]:
+    # The current device too: CUDA-graph capture, streams and events act on it, not on the tensors' device.
+    with torch.cuda.device(device), cuda_backend_flags(tf32=config.tf32, cudnn_benchmark=config.cudnn_benchmark):
+        yield
+
+
+def step_context(device: torch.device, config: RestoreConfig) -> contextlib.AbstractContextManager:
+    """What one step (or any work of a trainer's network) on ``device`` runs under: on CUDA, ``device``
+    made the current device and ``config``'s TF32 and autotuning flags set, all restored after; nothing
+    elsewhere (the CPU path is untouched)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return _cuda_step(device, config)
+
+
+def adam_step_device(group: dict, device: torch.device) -> torch.device:
+    """Where torch's Adam keeps the ``step`` counts of a param group on ``device``: on that device when
+    fused or capturable (their kernels read it there), on the CPU otherwise (plain Adam reads each one
+    on the host every step: on a GPU that would be one synchronisation per parameter)."""
+    return device if group.get("fused") or group.get("capturable") else torch.device("cpu")
+
+
+def with_steps_on(optimizer_state: dict, device: torch.device) -> dict:
+    """A copy of an optimiser ``state_dict`` (shallow: its tensors are shared) with the ``step`` tensors
+    on ``device``. torch's ``load_state_dict`` moves them for fused and capturable Adam but keeps plain
+    Adam's where they are: a state loaded with ``map_location`` a GPU would keep them there."""
+    states = {
+        index: {key: value.to(device) if key == "step" and torch.is_tensor(value) else value
+                for key, value in state.items()}
+        for index, state in optimizer_state["state"].items()
+    }
+    return optimizer_state | {"state": states}
+
+
 class Trainer:
     """The state of one restoration and its training step, split where backtracking acts.
 
@@ -84,10 +134,7 @@ class Trainer:
         if channels != config.net.out_channels:
             raise ValueError(f"image has {channels} channels, the network outputs {config.net.out_channels}")
         check_device(config, device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
-            torch.backends.cudnn.allow_tf32 = config.tf32
-            torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        # (TF32 and cuDNN autotuning are set around each step, by step_context, not here for the process.)
 
         # Draw everything random on the CPU generator first: same weights and z on any device.
         seed_everything(seed)
@@ -131,15 +178,17 @@ class Trainer:
 
     def forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One perturbed input through the network and back. Returns (output (1, C, H, W), loss)."""
-        if self.graphs is not None:
-            return self.graphs.forward_backward()
-        return self.eager_forward_backward()
+        with step_context(self.device, self.config):
+            if self.graphs is not None:
+                return self.graphs.forward_backward()
+            return self.eager_forward_backward()
 
     def optimizer_step(self) -> None:
-        if self.graphs is not None:
-            self.graphs.optimizer_step()
-        else:
-            self.eager_optimizer_step()
+        with step_context(self.device, self.config):
+            if self.graphs is not None:
+                self.graphs.optimizer_step()
+            else:
+                self.eager_optimizer_step()
 
     def eager_forward_backward(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.next_input()
@@ -215,8 +264,14 @@ class Trainer:
             return
         # load_state_dict keeps tensors that already have the right device and dtype: copy, or the
         # next steps would update the kept snapshot in place.
-        self.optimizer.load_state_dict(copy.deepcopy(kept))
+        self._load_optimizer_state(copy.deepcopy(kept))
         self.optimizer.zero_grad(set_to_none=True)
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        """``state`` into Adam, its step counts where a fresh Adam of this trainer keeps them (a kept or
+        checkpointed state may have been loaded onto the GPU whole)."""
+        step_device = adam_step_device(self.optimizer.param_groups[0], self.device)
+        self.optimizer.load_state_dict(with_steps_on(state, step_device))
 
     @torch.no_grad()
     def _copy_optimizer_state(self, kept: dict) -> None:
@@ -246,7 +301,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])  # copies in place: memory format and captured graphs kept
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state["optimizer"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         with torch.no_grad():
@@ -258,5 +313,5 @@ class Trainer:
     @torch.no_grad()
     def final_output(self) -> torch.Tensor:
         """The notebook's final image: one more pass on the last perturbed input, still in train mode."""
-        with autocast_context(self.device, self.config.precision):
+        with step_context(self.device, self.config), autocast_context(self.device, self.config.precision):
             return self.net(self.net_input).float()  # eager: no graph or compiled variant needed once

@@ -19,6 +19,7 @@ from bench.checkpoints import save_checkpoint
 from bench.cli import main
 from bench.errors import BenchError
 from bench.executors.jobs import last_error_line, record_submission
+from bench.executors.local import JobOnDevices, job_cuda_devices
 from bench.executors.options import ExecutorOptions
 from bench.rundir import RunDir, try_lock
 from dip.trainer import Trainer
@@ -238,3 +239,41 @@ def test_a_refused_sbatch_is_a_clear_error(data_dir, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == "error: sbatch failed: sbatch: error: invalid partition specified: nope"
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("parent", "slots", "expected"), [
+    (None, [(0,), (1,)], ["0", "1"]),  # no parent list: torch's indices are the physical ones
+    ("2,3", [(0,), (1,)], ["2", "3"]),  # not physical GPUs 0 and 1
+    ("3,1", [(0,)], ["3"]),  # in the parent's order, which is torch's
+    ("GPU-8f6a1c2e-1b2c,GPU-0b7d9e41-3d4e", [(0,), (1,)], ["GPU-8f6a1c2e-1b2c", "GPU-0b7d9e41-3d4e"]),
+    ("MIG-5c1e2f3a-5f6a", [(0,)], ["MIG-5c1e2f3a-5f6a"]),
+    (" 2 , 3 ", [(0,), (1,)], ["2", "3"]),
+    ("", [(), ()], ["", ""]),  # "": no GPU visible, so CPU jobs
+    ("2,3", [()], [""]),  # a CPU run hides the GPUs from its jobs, as submitit did
+])
+def test_each_local_job_gets_the_parents_visible_gpu_at_its_torch_index(parent, slots, expected):
+    assert job_cuda_devices(slots, parent) == expected
+
+
+@pytest.mark.parametrize(("parent", "slots", "listed", "needed"), [("2", [(0,), (1,)], 1, 2), ("", [(0,)], 0, 1)])
+def test_a_parent_list_shorter_than_the_jobs_need_is_a_one_line_error(parent, slots, listed, needed):
+    with pytest.raises(BenchError) as error:
+        job_cuda_devices(slots, parent)
+    assert str(error.value) == (f"CUDA_VISIBLE_DEVICES={parent!r} lists {listed} GPUs, fewer than the {needed} the "
+                                "local jobs use; list one entry (an index or a UUID) per GPU to use")
+
+
+def test_a_local_job_sets_its_gpus_before_it_runs_and_keeps_them_when_requeued(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # what submitit gives the job; restored after the test
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    job = JobOnDevices(lambda: os.environ["CUDA_VISIBLE_DEVICES"], "GPU-8f6a1c2e-1b2c")
+    assert job() == "GPU-8f6a1c2e-1b2c"
+    assert job.checkpoint().function is job
+
+
+def test_a_local_job_that_sees_no_gpu_of_its_own_refuses_to_run_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as if CUDA had read "" before the job set it
+    with pytest.raises(BenchError, match=r"^the job sees no GPU with CUDA_VISIBLE_DEVICES=3 \(CUDA initialised "):
+        JobOnDevices(lambda: "ran", "3")()
+    assert JobOnDevices(lambda: "ran", "")() == "ran"  # a CPU job needs no GPU

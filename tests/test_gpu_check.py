@@ -1,5 +1,7 @@
-"""make gpu-check: what can be checked without a GPU (its refusal, its comparisons, its summary)."""
+"""make gpu-check: what can be checked without a GPU (its refusal, its comparisons, its summary, its
+record written part by part, and its runs trained afresh)."""
 
+import json
 import subprocess
 import sys
 
@@ -7,7 +9,16 @@ import pytest
 import torch
 
 from bench.errors import BenchError
-from bench.gpu_check import against_cpu_baseline, against_eager, require_cuda, summary_lines
+from bench.gpu_check import (
+    PARTS,
+    CheckPlan,
+    against_cpu_baseline,
+    against_eager,
+    part_line,
+    require_cuda,
+    smoke_records,
+    summary_lines,
+)
 from tests.conftest import REPO_ROOT
 from tests.test_report import fixture_record
 
@@ -77,22 +88,22 @@ def test_summary_names_each_part_and_the_fraction_of_peak():
 def test_the_record_it_writes_is_the_record_it_summarises(monkeypatch, tmp_path):
     """Every part's runs replaced by fixtures (they need CUDA): the record gpu_check writes holds each
     part under the key its summary reads, and a failing part makes the whole check fail."""
-    import json
-
     import bench.gpu_check as gc
 
     runs = {("eager", False, 1): (30.0, 25.0, 28.0), ("graphs", True, 1): (30.1, 25.0, 28.0),
             ("batched", False, 3): (29.9, 25.2, 28.0), ("batched-graphs", True, 3): (30.0, 27.5, 28.0)}
     monkeypatch.setattr(gc, "require_cuda", lambda: torch.device("cpu"))
     monkeypatch.setattr(gc, "read_json", lambda path, what: baseline(30.0, 25.0, 28.0))
-    monkeypatch.setattr(gc, "smoke_records", lambda data_dir, results_dir, cuda_graphs=False, cells_per_gpu=1:
+    monkeypatch.setattr(gc, "smoke_records", lambda plan, data_dir, results_dir, cuda_graphs=False, cells_per_gpu=1:
                         cuda_records(*runs[(results_dir.name, cuda_graphs, cells_per_gpu)]))
-    monkeypatch.setattr(gc, "speed_at", lambda size, device: {
+    monkeypatch.setattr(gc, "speed_at", lambda size, device, **timing: {
         "size": size, "fast_ms": 2.0, "fast_precision": "bf16", "fast_tflops": 57.5, "fraction_of_peak": None,
         "fast_vs_authors": 10.0, "fast_vs_reference": 2.0})
-    monkeypatch.setattr(gc, "batched_speed_at", lambda size, cells, device: {
+    monkeypatch.setattr(gc, "batched_speed_at", lambda size, cells, device, **timing: {
         "size": size, "cells": cells, "alone_ms_per_cell": 2.0, "batched_ms_per_cell": 1.0, "speed_up": 2.0})
-    record = gc.gpu_check(tmp_path / "data", tmp_path / "work")
+    seen = []
+    record = gc.gpu_check(tmp_path / "data", tmp_path / "work", on_part=lambda part, result: seen.append(part.key))
+    assert seen == [part.key for part in PARTS] and record["complete"]
     assert json.loads((tmp_path / "work" / "gpu-check.json").read_text()) == json.loads(json.dumps(record))
     lines = summary_lines(record)
     assert [line.split(":")[0] for line in lines] == [
@@ -100,3 +111,46 @@ def test_the_record_it_writes_is_the_record_it_summarises(monkeypatch, tmp_path)
         "FAIL batched cells as CUDA graphs vs single cells", "speed 256x256",
         "batched 4 cells at 256x256 (CUDA graphs)"]
     assert not record["ok"]  # C.man 2.5 dB off in the batched graphed run, tolerance 1.0
+
+
+def test_each_part_is_on_disk_as_soon_as_it_finishes(monkeypatch, tmp_path):
+    """A kill during the speed part (a KeyboardInterrupt: no part catches it) leaves the record of the
+    comparisons before it, marked incomplete."""
+    import bench.gpu_check as gc
+
+    monkeypatch.setattr(gc, "require_cuda", lambda: torch.device("cpu"))
+    monkeypatch.setattr(gc, "read_json", lambda path, what: baseline(30.0, 25.0, 28.0))
+    monkeypatch.setattr(gc, "smoke_records", lambda *args, **kwargs: cuda_records(30.0, 25.0, 28.0))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gc, "speed_at", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gc.gpu_check(tmp_path / "data", tmp_path / "work")
+    record = json.loads((tmp_path / "work" / "gpu-check.json").read_text())
+    assert not record["complete"] and record["ok"]
+    assert [key for key in record if key in {p.key for p in PARTS}] == [p.key for p in PARTS[:4]]
+
+
+def test_a_failed_or_skipped_part_has_its_own_line():
+    speed = next(p for p in PARTS if p.key == "speed")
+    assert part_line(speed, {"ok": False, "error": "RuntimeError: CUDA error"}) == "FAIL speed: RuntimeError: CUDA error"
+    graphs = next(p for p in PARTS if p.key == "graphs_vs_eager")
+    assert part_line(graphs, {"ok": None, "skipped": "CUDA graphs need a CUDA device"}) == (
+        "SKIP CUDA graphs vs eager: CUDA graphs need a CUDA device")
+
+
+TINY_CPU_PLAN = CheckPlan(device="cpu", cuda_graphs=False,
+                          smoke_overrides=(("run.images", ("house",)), ("recipe.iterations", 4), ("recipe.eval_every", 2)))
+
+
+def test_each_check_trains_afresh_instead_of_reusing_an_earlier_checks_records(tmp_path, data_dir):
+    """Defect 4: a record of an equal configuration (which holds no commit) left by an earlier check in
+    the same work directory must not be taken as this check's result."""
+    results = tmp_path / "eager"
+    (first,) = smoke_records(TINY_CPU_PLAN, data_dir, results)
+    stale = json.loads((results / "house_seed0.json").read_text())
+    stale["psnr"] = 99.0  # what an earlier commit's check left behind
+    (results / "house_seed0.json").write_text(json.dumps(stale))
+    (again,) = smoke_records(TINY_CPU_PLAN, data_dir, results)
+    assert again["psnr"] != 99.0 and again["psnr"] == pytest.approx(first["psnr"], abs=1e-6)

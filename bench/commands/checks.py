@@ -1,5 +1,5 @@
-"""The regression check and its measurements, and the speed benchmark: check, spread, power, speed,
-speed-report."""
+"""The regression check and its measurements, the speed benchmark, and the GPU's first runs: check,
+spread, power, speed, speed-report, gpu-check, gpu-session."""
 
 from __future__ import annotations
 
@@ -117,11 +117,21 @@ def cmd_speed_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
-    from bench.gpu_check import gpu_check, require_cuda, summary_lines
+    from bench.gpu_check import CHECK_RECORD, gpu_check, part_line, require_cuda
 
     require_cuda()  # before the data directory is looked at: no GPU is the likeliest problem
-    record = gpu_check(data_dir(args.data_dir), args.work_dir)
-    for line in summary_lines(record):
-        print(line)
-    print(f"Record written to {args.work_dir / 'gpu-check.json'}; attach it to an issue about this GPU")
+    record = gpu_check(data_dir(args.data_dir), args.work_dir,
+                       on_part=lambda part, result: print(part_line(part, result), flush=True))
+    print(f"Record written to {args.work_dir / CHECK_RECORD}; attach it to an issue about this GPU")
     return 0 if record["ok"] else 1
+
+
+def cmd_gpu_session(args: argparse.Namespace) -> int:
+    from bench.offline import require_modules
+
+    require_modules()  # before anything imports them: a missing one is a line naming its wheel, not a traceback
+    from bench.gpu_session import SessionOptions, gpu_session
+
+    options = SessionOptions(out=args.out, budget_s=args.budget, rehearse=args.rehearse,
+                             data_dir=data_dir(args.data_dir))
+    return gpu_session(options)

@@ -32,17 +32,20 @@ def check_others_match(config, others: dict[str, list[dict]]) -> None:
         check_comparable(mine, shared_config(records), label)
 
 
-# Without a GPU: the profile `python -m bench run` (and `make bench`) picks.
+# Where torch sees no CUDA device: the profile `python -m bench run` (and `make bench`) picks. nvidia-smi is no
+# sign of one: under a CPU build of torch, or a driver too old for the wheel, the paper profile would take days.
 CPU_DEFAULT_PROFILE = "brief"
 
 
 def choose_profile(args: argparse.Namespace) -> str:
-    """--profile, else paper on a CUDA machine and brief (saying so, with the paper's cost) on CPU."""
+    """--profile, else paper where torch sees a CUDA device and brief (saying so, with the paper's cost) elsewhere."""
     if args.profile:
         return args.profile
-    if torch.cuda.is_available():
+    on_cpu = vars(args).get("run.device") == "cpu"  # asked for the CPU: the paper profile would take days there
+    if torch.cuda.is_available() and not on_cpu:
         return "paper"
-    said = f"No CUDA device: running the '{CPU_DEFAULT_PROFILE}' profile (not comparable to Table 1)"
+    why = "--device cpu" if on_cpu else f"torch {torch.__version__} sees no CUDA device"
+    said = f"{why}: running the '{CPU_DEFAULT_PROFILE}' profile (not comparable to Table 1)"
     paper = build_config("paper", config_overrides(args))
     if not paper.images:  # only the user's own files: no Table 1 images to estimate the paper profile on
         print(f"{said}.", flush=True)

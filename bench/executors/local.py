@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,21 +45,68 @@ def local_slots(options: ExecutorOptions, config: RunConfig) -> list[tuple[int, 
     return [()] * (options.jobs or 1)
 
 
+def visible_entries(parent: str | None) -> list[str] | None:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` (``parent``) lists them: indices,
+    ``GPU-...`` UUIDs or ``MIG-...`` ids, in torch's order; None where the variable is unset (every GPU,
+    by its index). "" lists none."""
+    if parent is None:
+        return None
+    return [entry.strip() for entry in parent.split(",") if entry.strip()]
+
+
+def job_cuda_devices(slots: list[tuple[int, ...]], parent: str | None) -> list[str]:
+    """Each slot's ``CUDA_VISIBLE_DEVICES``. CUDA reads a job's list in physical terms, while the slots
+    hold this process's torch indices: index k is the k-th entry of the parent's list (``parent``), so
+    under a parent "2,3" the jobs get "2" and "3", not physical GPUs 0 and 1."""
+    entries = visible_entries(parent)
+    if entries is None:
+        return [",".join(str(k) for k in gpus) for gpus in slots]
+    needed = max((k + 1 for gpus in slots for k in gpus), default=0)
+    if needed > len(entries):
+        raise BenchError(f"CUDA_VISIBLE_DEVICES={parent!r} lists {len(entries)} GPUs, fewer than the {needed} the "
+                         "local jobs use; list one entry (an index or a UUID) per GPU to use")
+    return [",".join(entries[k] for k in gpus) for gpus in slots]
+
+
+class JobOnDevices:
+    """A job that sets its own ``CUDA_VISIBLE_DEVICES`` before it runs. submitit's LocalExecutor takes
+    integer GPU indices only (no UUIDs), so it is given none and hides every GPU (""); the job then
+    sets ``cuda_devices`` before anything in it uses CUDA."""
+
+    def __init__(self, job: Callable[[], str], cuda_devices: str) -> None:
+        self.job, self.cuda_devices = job, cuda_devices
+
+    def __call__(self) -> str:
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.cuda_devices
+        # CUDA reads the variable once, when it initialises: had anything initialised it before this
+        # line, the job would see submitit's "" (no GPU) and an "auto" device would quietly be the CPU.
+        if self.cuda_devices and not torch.cuda.is_available():
+            raise BenchError(f"the job sees no GPU with CUDA_VISIBLE_DEVICES={self.cuda_devices} (CUDA initialised "
+                             "before the job set it, or the GPU is gone)")
+        return self.job()
+
+    def checkpoint(self, *args, **kwargs) -> object:
+        """On a timeout submitit requeues what this returns: the same job on the same GPUs."""
+        return _submitit().helpers.DelayedSubmission(self)
+
+
 def run_local(cells: list[Cell], config: RunConfig, options: ExecutorOptions, data_dir: Path, results_dir: Path,
               progress: bool = True) -> list[str]:
     """Run ``cells`` as parallel local jobs; return one line per job that ended without finishing its cell.
 
     Each job inherits this process's environment, so a CPU job uses the same number of threads as an
-    inline run would (the result depends on it). A SIGINT/SIGTERM here is passed on to the running
-    jobs (each saves its checkpoint) and no further job starts.
+    inline run would (the result depends on it); only its CUDA_VISIBLE_DEVICES is its own (job_cuda_devices).
+    A SIGINT/SIGTERM here is passed on to the running jobs (each saves its checkpoint) and no further job
+    starts.
     """
     submitit = _submitit()
     folder = RunDir(results_dir).jobs
     slots = local_slots(options, config)
+    cuda_devices = job_cuda_devices(slots, os.environ.get("CUDA_VISIBLE_DEVICES"))
     executors = []
-    for gpus in slots:
+    for _ in slots:
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=len(gpus), visible_gpus=gpus)
+        executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN)  # no GPUs: each job chooses its own (JobOnDevices)
         executors.append(executor)
     threads = torch.get_num_threads()
     if slots and not slots[0] and len(slots) * threads > (os.cpu_count() or 1):
@@ -71,7 +119,8 @@ def run_local(cells: list[Cell], config: RunConfig, options: ExecutorOptions, da
             for slot, executor in enumerate(executors):
                 if slot not in running and pending and not stop():
                     cell = pending.popleft()
-                    job = executor.submit(CellJob(one_cell_config(config, cell), data_dir, results_dir))
+                    cell_job = CellJob(one_cell_config(config, cell), data_dir, results_dir)
+                    job = executor.submit(JobOnDevices(cell_job, cuda_devices[slot]))
                     record_submission(results_dir, "local", [job_entry(cell, job)])
                     running[slot] = (job, cell)
             if stop() and not forwarded:

@@ -14,10 +14,14 @@ measurement ``reports/regression-spread.json`` (``make spread``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from bench.analysis import check, fingerprint
 from bench.analysis.summary import config_diff, shared_config
@@ -146,11 +150,30 @@ def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOL
         if unknown:
             raise BenchError(f"the fingerprint golden has no image {unknown[0]!r}; it has {', '.join(golden['fingerprint'])}")
         golden = {**golden, "fingerprint": {name: golden["fingerprint"][name] for name in images}}
+    threads = golden.get("provenance", {}).get("torch_threads")
     try:
-        records = fresh_run(part, data_dir, work_dir, images)
+        with torch_threads(threads) as default:
+            records = fresh_run(part, data_dir, work_dir, images)
     except CellsFailed as exc:
         return PartResult(part, False, [str(exc)], math.inf, str(exc))
-    return CHECKS[part](records, golden)
+    result = CHECKS[part](records, golden)
+    if threads is not None and threads != default:
+        result.notes.append(f"trained with {threads} threads, as the golden was (this machine's default: {default})")
+    return result
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[int]:
+    """torch's intra-op thread count set to ``count`` inside the block (None: left alone), and restored after;
+    yields the count it had before. A golden's sums were reduced in the order of its own thread count
+    (its provenance's torch_threads), so the check trains with that count on a machine of any size."""
+    default = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield default
+    finally:
+        torch.set_num_threads(default)
 
 
 def record(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR, spread_path: Path = SPREAD_PATH) -> Path:

@@ -36,8 +36,21 @@ def data_dir() -> Path:
     if found is None:
         if os.environ.get("CI"):
             pytest.fail("CI needs the images: set DIP_DATA_DIR to a directory holding them")
-        pytest.skip("no image data directory (set DIP_DATA_DIR, or run `make bench` once to download the images)")
+        pytest.skip(NO_DATA)
     return found
+
+
+NO_DATA = "no image data directory (set DIP_DATA_DIR, or run `make bench` once to download the images)"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when the tests that need the images were skipped: a green run without them has not run
+    the end-to-end tests (training, the harness, the regression check), only the unit tests."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_DATA in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"{len(skipped)} tests SKIPPED for want of the images: the end-to-end tests "
+                                        "did not run; set DIP_DATA_DIR (CI fails instead of skipping)", red=True, bold=True)
 
 
 @pytest.fixture(autouse=True)

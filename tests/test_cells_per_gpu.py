@@ -19,7 +19,7 @@ from dip.nets.config import SkipNetConfig
 SMALL_NET = SkipNetConfig(channels_down=8, channels_up=8)
 # 4 cells (two images x two seeds), 64x64 crops, a small network: batches of 3 and 1. fp32 on every CPU
 # kind (the fast path would pick bf16 where it is fast, with channels_last alone but not batched).
-SMALL = {"run.precision": "fp32", "run.images": ("house", "cman"), "run.seeds": (0, 1), "run.crop": 64,
+SMALL = {"run.device": "cpu", "run.precision": "fp32", "run.images": ("house", "cman"), "run.seeds": (0, 1), "run.crop": 64,
          "recipe.iterations": 12, "recipe.eval_every": 4, "recipe.timer_warmup": 1,
          "net.channels_down": SMALL_NET.channels_down, "net.channels_up": SMALL_NET.channels_up}
 

@@ -29,7 +29,6 @@ def results(tmp_path):
         (["--iterations", "0"], "iterations must be positive"),
         (["--crop", "80"], "must be multiples of 32"),
         (["--crop", "1024"], "larger than the image"),
-        (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "device"),
         (["--keep", "1e-9"], "house seed 0: the mask keeps no pixel of the 64x64 image; there is nothing to restore"),
         (["--image", "/nonexistent/photo.png"], "image file /nonexistent/photo.png does not exist"),
         (["--image", "x.png", "--mask", "paper"], "--mask paper needs the published masks"),
@@ -48,6 +47,21 @@ def test_user_errors_are_one_line_and_write_nothing(argv, message, results, data
     assert code == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not results.exists() or not any(results.iterdir())
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("tpu", "unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        ("meta", "device type 'meta' is not supported; use cpu or cuda"),
+        pytest.param("cuda:0", "device 'cuda:0' asked for, but this torch build sees no CUDA device",
+                     marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="cuda:0 is a device here")),
+    ],
+)
+def test_an_unusable_device_is_refused_in_one_whole_line(device, message, results, data_dir, capsys):
+    code = main(["run", "--profile", "smoke", "--results-dir", str(results), "--data-dir", str(data_dir), "--device", device])
+    assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
+    assert not results.exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA switches are valid here")

@@ -24,7 +24,7 @@ import torch._dynamo  # noqa: F401  (see below)
 
 import dip.trainer
 from bench.config import build_config
-from bench.execution import resolve_precision
+from bench.execution import cell_recipe, resolve_precision
 from dip.batched import BatchedTrainer
 from dip.graphs import WholeStepGraphs, cuda_capture
 from dip.masks import bernoulli_mask
@@ -354,6 +354,24 @@ def test_a_gpu_with_native_bf16_runs_bf16(fake_gpu):
     assert resolve_precision(fast_config(), CUDA1) == "bf16"
     assert resolve_precision(fast_config(**{"run.cells_per_gpu": 2}), CUDA1) == "bf16"
     assert resolve_precision(build_config("paper", {"run.path": "reference"}), CUDA1) == "fp32"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_fast_path_on_a_gpu_turns_on_tf32_and_autotuning_and_the_reference_path_does_not(fake_gpu, native):
+    """cell_recipe's defaults for a CUDA device, resolved on a CPU: the fast path takes TF32 and cuDNN
+    autotuning (and fused Adam, channels_last with a low precision); the reference path takes none of them
+    and fp32; an explicit flag wins; on the CPU both switches stay off whatever the path."""
+    fake_gpu["native"] = native
+    fast = cell_recipe(fast_config(), CUDA1, out_channels=1)
+    assert (fast.precision, fast.tf32, fast.cudnn_benchmark, fast.fused_adam, fast.channels_last) == (
+        "bf16" if native else "fp16", True, True, True, True)
+    reference = cell_recipe(build_config("paper", {"run.path": "reference"}), CUDA1, out_channels=1)
+    assert (reference.precision, reference.tf32, reference.cudnn_benchmark, reference.fused_adam,
+            reference.channels_last) == ("fp32", False, False, False, False)
+    explicit = cell_recipe(fast_config(**{"run.tf32": False, "run.cudnn_benchmark": False}), CUDA1, out_channels=1)
+    assert (explicit.tf32, explicit.cudnn_benchmark) == (False, False)
+    on_cpu = cell_recipe(fast_config(), torch.device("cpu"), out_channels=1)
+    assert (on_cpu.tf32, on_cpu.cudnn_benchmark) == (False, False)
 
 
 def test_fp16_trains_with_a_grad_scaler():

@@ -47,7 +47,7 @@ def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_
     # 15 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
     # CPU without bf16 the fast path runs fp32: this test took 138 s at 100 iterations, 69 s at 30, on a
     # 2-core AVX2 EPYC).
-    common = ["run", "--profile", "smoke", "--iterations", "15", "--no-progress", "--data-dir", str(data_dir)]
+    common = ["run", "--profile", "smoke", "--device", "cpu", "--iterations", "15", "--no-progress", "--data-dir", str(data_dir)]
     done = bench(*common, "--results-dir", str(inline), env=env)
     assert done.returncode == 0, done.stderr
     done = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)
@@ -151,7 +151,7 @@ def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_d
 
 def test_status_and_report_with_failed_running_stopped_pending_and_missing_cells(data_dir, tmp_path, capsys, monkeypatch):
     results = tmp_path / "results"
-    tiny = ["run", "--profile", "smoke", "--iterations", "3", "--no-progress", "--data-dir", str(data_dir),
+    tiny = ["run", "--profile", "smoke", "--device", "cpu", "--iterations", "3", "--no-progress", "--data-dir", str(data_dir),
             "--results-dir", str(results), "--on-divergence", "fail"]
     assert main([*tiny, "--images", "house"]) == 0
     step = Trainer.optimizer_step

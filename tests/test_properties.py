@@ -18,14 +18,13 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from bench.cli import main
-from tests.conftest import _find_data_dir
 
-DATA_DIR = _find_data_dir()
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -99,17 +98,107 @@ def command_lines(draw) -> list[str]:
 
 @SETTINGS
 @given(argv=command_lines())
-def test_any_command_line_gives_a_run_or_a_clean_error(argv):
+def test_any_command_line_gives_a_run_or_a_clean_error(argv, data_dir):
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results"
         base = ["run", "--profile", "smoke", "--images", "house", "--iterations", "2", "--no-progress",
-                "--data-dir", str(DATA_DIR), "--results-dir", str(results)]
+                "--data-dir", str(data_dir), "--results-dir", str(results)]
         iterations = argv[argv.index("--iterations") + 1] if "--iterations" in argv else "2"
         if iterations.isdigit() and int(iterations) > 3:
             return  # keep each example tiny
         with mock.patch.dict(os.environ, {"PATH": tmp}):  # no srun or sbatch here, even on a cluster's login node
             code, err = run_main([*base, *argv])
         check_outcome(code, err, results)
+
+
+# Valid values only: every combination of these must train and write its record. A tiny network, 1 or 2
+# steps, few examples: what is asserted is that a valid command line runs, not what it learns.
+VALID_VALUES = {
+    "--images": st.sampled_from(["house", "cman", "C.man", "PEPPERS"]),
+    "--seeds": st.sampled_from(["0", "3"]),
+    "--iterations": st.sampled_from(["1", "2"]),
+    "--mask": st.sampled_from(["bernoulli", "paper"]),
+    "--keep": st.sampled_from(["0.5", "0.3"]),
+    "--precision": st.sampled_from(["fp32", "auto"]),
+    "--on-divergence": st.sampled_from(["backtrack", "fail"]),
+    "--upsample-mode": st.sampled_from(["bilinear", "bicubic", "nearest"]),
+    "--padding": st.sampled_from(["reflection", "zeros"]),
+    "--negative-slope": st.sampled_from(["0.2", "0.01"]),
+    "--layout": st.sampled_from(["paper", "seed"]),
+    "--ema-decay": st.sampled_from(["0", "0.9"]),
+}
+IMAGE_KEYS = {"house": "house", "cman": "cman", "C.man": "cman", "PEPPERS": "peppers"}
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.fixed_dictionaries({flag: strategy for flag, strategy in VALID_VALUES.items()}))
+def test_a_valid_command_line_runs_and_writes_its_record(values, data_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results"
+        argv = ["run", "--profile", "smoke", "--no-progress", "--device", "cpu", "--channels-down", "8",
+                "--channels-up", "8", "--data-dir", str(data_dir), "--results-dir", str(results)]
+        for flag, value in values.items():
+            argv += [flag, value]
+        code, err = run_main(argv)
+        assert code == 0, (argv, err)
+        check_outcome(code, err, results)
+        image, seed = IMAGE_KEYS[values["--images"]], int(values["--seeds"])
+        record = json.loads((results / f"{image}_seed{seed}.json").read_text())
+        assert [p.name for p in results.glob("*.json")] == [f"{image}_seed{seed}.json"]
+        config = record["config"]
+        assert (record["image"], record["seed"], config["mask"]) == (image, seed, values["--mask"])
+        assert config["recipe"]["iterations"] == int(values["--iterations"])
+        assert config["recipe"]["ema_decay"] == float(values["--ema-decay"])
+        net = config["recipe"]["net"]
+        assert (net["upsample_mode"], net["padding"], net["layout"]) == (
+            values["--upsample-mode"], values["--padding"], values["--layout"])
+        assert net["negative_slope"] == float(values["--negative-slope"]) and net["channels_down"] == 8
+        assert (record["psnr_ema"] is None) == (values["--ema-decay"] == "0")
+        assert record["curve"][-1]["iteration"] == int(values["--iterations"]) - 1
+
+
+# One bad value on an otherwise valid command line: exit 2, this one line on stderr (argparse's, or
+# ours), and nothing written.
+USAGE = "python -m bench run: error: argument "
+INVALID = [
+    (["--images", "nope"], "error: unknown image 'nope'; choose from barbara, boat, house, lena, peppers, cman, couple, "
+                           "fingerprint, hill, man, montage"),
+    (["--images", ","], USAGE + "--images: empty list ',' (see --help)"),
+    (["--seeds", "-1"], USAGE + "--seeds: expected integers or ranges like 0-4, got '-1' (see --help)"),
+    (["--crop", "33"], "error: house: image size 33x33 does not fit a 5-scale network: height and width must be "
+                       "multiples of 32 and at least 64 (e.g. 256x256, 512x512); use --crop to take a centre crop"),
+    (["--crop", "1000"], "error: crop 1000 is larger than the image (256x256)"),
+    (["--iterations", "0"], "error: iterations must be positive, got 0"),
+    (["--iterations", "1e3"], USAGE + "--iterations: invalid int value: '1e3' (see --help)"),
+    (["--mask", "random"], USAGE + "--mask: invalid choice: 'random'; choose from bernoulli, paper (see --help)"),
+    (["--keep", "1e-9"], "error: house seed 0: the mask keeps no pixel of the 64x64 image; there is nothing to restore"),
+    (["--keep", "nan"], "error: keep must be in (0, 1) (1 keeps every pixel: nothing to restore), got nan"),
+    (["--lr", "inf"], "error: lr must be finite"),
+    (["--lr", "1e40"], "error: lr must be in (0, 1e30], got 1e+40"),
+    (["--precision", "fp64"], USAGE + "--precision: invalid choice: 'fp64'; did you mean 'fp16'? (choose from auto, "
+                                      "fp32, bf16, fp16) (see --help)"),
+    (["--checkpoint-every", "-1"], "error: checkpoint_every must be >= 0 (0: only on a stop signal), got -1"),
+    (["--eval-every", "0"], "error: eval_every must be >= 1, got 0"),
+    (["--ema-decay", "1"], "error: ema_decay must be in [0, 1), got 1.0"),
+    (["--channels-down", "0"], "error: channels_down must be >= 1, got 0"),
+    (["--scales", "9"], "error: house: image size 64x64 does not fit a 9-scale network: height and width must be "
+                        "multiples of 512 and at least 1024 (e.g. 256x256, 512x512); use --crop to take a centre crop"),
+    (["--padding", "zero"], USAGE + "--padding: invalid choice: 'zero'; did you mean 'zeros'? (choose from reflection, "
+                                    "zeros) (see --help)"),
+    (["--device", "tpu"], "error: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+    (["--jobs", "0"], "error: --jobs takes a positive number, with --executor local"),
+    (["--slurm-time", "60"], "error: --slurm-partition, --slurm-time and --slurm-param need --executor slurm"),
+    (["--bogus", "1"], "python -m bench: error: unrecognized arguments: --bogus 1 (see --help)"),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), INVALID, ids=[" ".join(bad) for bad, _ in INVALID])
+def test_an_invalid_value_exits_2_with_its_one_line_message(bad, message, data_dir, tmp_path):
+    results = tmp_path / "results"
+    code, err = run_main(["run", "--profile", "smoke", "--images", "house", "--iterations", "1", "--no-progress",
+                          "--data-dir", str(data_dir), "--results-dir", str(results), *bad])
+    assert (code, err) == (2, message + "\n")
+    assert not results.exists() or not any(results.rglob("*.json"))
 
 
 SIDES = st.sampled_from([1, 2, 3, 17, 31, 32, 33, 64, 64, 64, 65, 96])  # 64 and 96 fit the network

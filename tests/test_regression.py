@@ -1,5 +1,6 @@
 """The regression check: fingerprint and outcome comparisons, tolerances, and the mutation suite's power."""
 
+import ast
 import json
 import math
 import subprocess
@@ -13,7 +14,7 @@ from bench.analysis.check import compare, execution_note, make_baseline
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.execution import cpu_has_fast_bf16, onednn_isa_cap
-from bench.mutations import BLIND_SPOTS, MUTATIONS, mutated_tree, select_mutations
+from bench.mutations import BLIND_SPOTS, MUTATIONS, _caught, _cell, mutated_tree, select_mutations, unit_tests_in
 from bench.regression import check_fingerprint
 from tests.test_report import fixture_record
 
@@ -145,6 +146,39 @@ def test_every_mutation_names_its_source_text_exactly_once():
         text = (REPO_ROOT / mutation.path).read_text(encoding="utf-8")
         assert text.count(mutation.old) == 1, mutation.name
     assert len({m.name for m in MUTATIONS}) == len(MUTATIONS) >= 10
+
+
+# Regressions that neither part of the check sees (a path it never runs, a flag its profiles leave at the
+# default, an effect below its resolution): each names the unit tests that catch it (issue 25).
+UNIT_TESTED = ("ema-deferred-weights-swapped", "negative-slope-flag-ignored", "padding-flag-ignored",
+               "upsample-mode-flag-ignored", "fused-adam-eps", "adam-beta2-0.99", "adamw-weight-decay",
+               "backtrack-threshold-doubled")
+
+
+def test_every_test_a_mutation_names_is_a_test_function_of_its_file():
+    named = {m.name: m.tests for m in MUTATIONS + BLIND_SPOTS}
+    assert all(named[name] for name in UNIT_TESTED), [name for name in UNIT_TESTED if not named[name]]
+    for name, tests in named.items():
+        for node in tests:
+            path, _, function = node.partition("::")
+            source = ast.parse((REPO_ROOT / path).read_text(encoding="utf-8"))
+            functions = {n.name for n in source.body if isinstance(n, ast.FunctionDef)}
+            assert path.startswith("tests/") and function.split("[")[0] in functions, (name, node)
+
+
+def test_the_unit_test_part_counts_only_real_failures_as_catches(tmp_path):
+    """Exit 1 (a test failed) is a catch; a node id that does not exist (exit 4) is an error, never a catch."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_x.py").write_text("def test_ok():\n    pass\n\n\ndef test_bad():\n    assert False\n")
+    ok = unit_tests_in(tmp_path, ("tests/test_x.py::test_ok",), tmp_path)
+    bad = unit_tests_in(tmp_path, ("tests/test_x.py::test_ok", "tests/test_x.py::test_bad"), tmp_path)
+    gone = unit_tests_in(tmp_path, ("tests/test_x.py::test_gone",), tmp_path)
+    assert ok == {"exit": 0, "result": {"ok": True, "failed": [], "named": 1}, "error": ""}
+    assert bad == {"exit": 1, "result": {"ok": False, "failed": ["tests/test_x.py::test_bad"], "named": 2}, "error": ""}
+    assert gone["exit"] == 4 and gone["result"] is None
+    assert [_caught("tests", outcome) for outcome in (ok, bad, gone)] == [False, True, False]
+    assert [_cell(outcome) for outcome in (ok, bad, gone, None)] == [
+        "passes (1 named)", "**caught**: test_bad failed", f"error (exit 4): {gone['error']}", "—"]
 
 
 def test_an_unknown_mutation_is_refused():

@@ -23,7 +23,7 @@ import torch
 from tests.conftest import REPO_ROOT
 
 ITERATIONS = 40
-TINY = ["--profile", "smoke", "--images", "house", "--seeds", "0", "--crop", "64", "--iterations", str(ITERATIONS),
+TINY = ["--profile", "smoke", "--device", "cpu", "--images", "house", "--seeds", "0", "--crop", "64", "--iterations", str(ITERATIONS),
         "--checkpoint-every", "10", "--no-progress"]
 RECORD = "house_seed0.json"
 CHECKPOINT = Path("checkpoints") / "house_seed0.pt"
@@ -135,6 +135,44 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninter
     # the cell's start is the first run's, kept in the checkpoint; the record's timestamp is the second's end
     assert record["started"] == saved["started"] and record["started"] <= record["provenance"]["timestamp"]
     assert result_of(results) == uninterrupted
+
+
+def test_a_second_stop_signal_interrupts_at_once(data_dir, tmp_path):
+    """Two stop signals: the first asks for a stop after the current step, the second interrupts inside
+    it (exit 130), with no record and the last checkpoint still whole. Two different signals, sent back to
+    back: one signal sent twice may reach Python as one."""
+    results = tmp_path / "results"
+    process = start(bench_command(results, data_dir, "--iterations", "100000"))
+    wait_for(results / CHECKPOINT, process)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGINT)
+    rc, _, err = finish(process, timeout=60)
+    assert rc == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted: complete records are kept; run the same command again to continue"
+    assert "Traceback" not in err and "stopped by" not in err
+    assert not (results / RECORD).exists() and leftovers(results) == []
+    assert torch.load(results / CHECKPOINT, weights_only=True)["state"]["loop"]["next_iteration"] % 10 == 0
+
+
+def test_a_stop_signal_while_waiting_for_another_processs_cell_stops_the_wait(data_dir, tmp_path):
+    """A run that finds its cell locked by another process waits for it; SIGTERM then ends the wait at
+    once (exit 143, a message naming the cell), trains nothing and writes nothing."""
+    from filelock import FileLock
+
+    results = tmp_path / "results"
+    (results / ".locks").mkdir(parents=True)
+    held = FileLock(results / ".locks" / "house_seed0.lock", timeout=0, thread_local=False)
+    with held:  # this test process is "the other process" training House
+        process = start(bench_command(results, data_dir))
+        waiting = "House seed 0: another process is training it; waiting for it to finish"
+        assert process.stdout.readline().strip() == waiting  # the run's first line, once it is waiting
+        process.send_signal(signal.SIGTERM)
+        rc, _, err = finish(process, timeout=60)
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "stopped by SIGTERM while waiting for House seed 0 (trained by another process); complete records are kept; "
+        "run the same command again to continue")
+    assert "Traceback" not in err and not (results / RECORD).exists() and not (results / CHECKPOINT).exists()
 
 
 def test_two_runs_into_one_results_directory_train_each_cell_once(data_dir, tmp_path):

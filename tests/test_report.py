@@ -2,6 +2,8 @@
 
 import copy
 import os
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,10 +61,22 @@ RECORDS = [
 
 
 def test_report_matches_golden_file():
+    """UPDATE_GOLDEN=1 rewrites the golden and fails: a rewritten golden compared with itself proves nothing,
+    so the run that writes it is never a pass (review the diff, then run again without it)."""
     text = render(RECORDS)
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text, encoding="utf-8")
+        pytest.fail(f"UPDATE_GOLDEN is set: rewrote {GOLDEN}; review its diff and run again without UPDATE_GOLDEN")
     assert text == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_updating_the_golden_writes_it_and_never_passes(tmp_path, monkeypatch):
+    golden = tmp_path / "golden.md"
+    monkeypatch.setattr(sys.modules[__name__], "GOLDEN", golden)
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match=f"^UPDATE_GOLDEN is set: rewrote {re.escape(str(golden))}; review"):
+        test_report_matches_golden_file()
+    assert golden.read_text(encoding="utf-8") == render(RECORDS)
 
 
 def test_report_content():

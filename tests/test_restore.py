@@ -12,7 +12,7 @@ from dip.metrics import psnr
 from dip.nets import SkipNetConfig, build_network
 from dip.recipe import RestoreConfig
 from dip.restore import MAX_RESTORES_PER_CHECK, DivergenceError, restore
-from dip.trainer import Trainer
+from dip.trainer import Trainer, to_numpy
 
 TINY_NET = SkipNetConfig(scales=3, channels_down=16, channels_up=16)
 
@@ -103,6 +103,24 @@ def test_the_drop_threshold_is_five_db(house64, monkeypatch, below_db, drops):
     kept_loss = 1e-2  # 20 dB at the check of iteration 10
     _set_read_loss(monkeypatch, {10: kept_loss, 20: kept_loss * 10 ** (below_db / 10)})
     assert restore(image, mask, config, net_of(config), seed=0).backtrack_iterations == drops
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_optimiser_is_torchs_adam_with_its_defaults(fused):
+    """The authors' torch.optim.Adam(lr=1e-3): betas (0.9, 0.999), eps 1e-8, no weight decay, no AMSGrad,
+    on both paths (plain and fused). Asserted, since a changed beta2 or a weight decay of 1e-2 moves the
+    regression check's short runs by less than its tolerance (bench.mutations: adam-beta2-0.99,
+    adamw-weight-decay)."""
+    config = RestoreConfig(fused_adam=fused, net=TINY_NET)
+    trainer = Trainer(np.zeros((32, 32), np.float32), np.ones((32, 32), np.float32), config, net_of(config), seed=0,
+                      device=torch.device("cpu"))
+    assert type(trainer.optimizer) is torch.optim.Adam  # not a subclass: AdamW is one
+    (group,) = trainer.optimizer.param_groups
+    assert group["params"] == trainer.params and group["lr"] == 1e-3
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8 and group["weight_decay"] == 0
+    assert group["amsgrad"] is False and group["maximize"] is False
+    assert group.get("decoupled_weight_decay", False) is False
+    assert bool(group["fused"]) is fused
 
 
 def test_backtracking_keeps_parameters_while_psnr_does_not_drop(house64):
@@ -309,6 +327,50 @@ def test_ema_is_the_moving_average_of_the_outputs(house64):
         trainer.optimizer_step()
     np.testing.assert_allclose(result.output_ema, (seen[0] + seen[1]) / 2, rtol=1e-6, atol=1e-7)
     assert restore(image, mask, dataclasses.replace(config, ema_decay=0.0), net_of(config), seed=0).output_ema is None
+
+
+def record_outputs(monkeypatch) -> list[torch.Tensor]:
+    """Every training step's output (1, C, H, W), in order, as the loop received it from the Trainer."""
+    outputs: list[torch.Tensor] = []
+    forward_backward = Trainer.forward_backward
+
+    def recorded(self):
+        out, loss = forward_backward(self)
+        outputs.append(out.detach().clone())
+        return out, loss
+
+    monkeypatch.setattr(Trainer, "forward_backward", recorded)
+    return outputs
+
+
+def test_the_ema_takes_every_step_on_the_deferred_path_too(house64, monkeypatch):
+    """The EMA of a real run: checks every 4, curve points every 5, so 6 of the 12 steps (1, 2, 3, 6, 7
+    and 9) never read their loss on the host and take the deferred update (dip.restore._CellLoop._unseen),
+    as 49 of every 50 steps do at the paper's cadence. The result's EMA
+    must equal the moving average of every step's output, computed here in float64 from the outputs
+    themselves, to fp32 rounding."""
+    import dip.restore
+
+    image, mask = house64
+    decay = 0.7  # far from 0 and 1: a swapped weight or a skipped step moves the EMA by O(1) of an output
+    config = RestoreConfig(iterations=12, backtrack_every=4, eval_every=5, ema_decay=decay, net=TINY_NET)
+    outputs = record_outputs(monkeypatch)
+    deferred: list[int] = []
+    unseen = dip.restore._CellLoop._unseen
+
+    def counted(self, i, out, loss):
+        deferred.append(i)
+        return unseen(self, i, out, loss)
+
+    monkeypatch.setattr(dip.restore._CellLoop, "_unseen", counted)
+    result = restore(image, mask, config, net_of(config), seed=0, reference=image)
+    assert deferred == [1, 2, 3, 6, 7, 9] and len(outputs) == 12 and result.backtracks == 0
+    ema = outputs[0].double()
+    for out in outputs[1:]:
+        ema = decay * ema + (1 - decay) * out.double()
+    np.testing.assert_allclose(result.output_ema, to_numpy(ema), rtol=1e-5, atol=1e-6)
+    # the curve's EMA PSNR at the last point is the PSNR of that same average
+    assert result.curve[-1].psnr_ema == pytest.approx(psnr(image, to_numpy(ema)), abs=1e-4)
 
 
 def test_cumulative_input_noise_walks_z_and_fixed_noise_does_not(house64):

@@ -1,6 +1,7 @@
 """The speed tooling: what it measures and how it reports, never how fast this machine is."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from bench.speed import (
     make_anchor,
     make_trainer,
     measure_batched,
+    measure_ratio,
     operator_profile,
     time_steps,
 )
@@ -120,7 +122,32 @@ def test_both_paths_train_the_same_network_differently():
     # the same seed gives the same starting weights on both paths
     for a, b in zip(reference.params, fast.params):
         assert torch.equal(a.detach().contiguous(), b.detach().contiguous())
-    assert time_steps(reference, 1) > 0 and time_steps(fast, 1) > 0
+
+
+def test_time_steps_takes_the_steps_and_divides_the_clock_by_them(monkeypatch):
+    """One clock read each side of ``steps`` real training steps (the input drawn, Adam stepped, each time)."""
+    trainer = make_trainer("reference", 64)
+    clock = iter([10.0, 13.0])
+    monkeypatch.setattr(bench.speed, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert time_steps(trainer, 3) == 1.0
+    assert trainer.steps == 3 and {int(state["step"]) for state in trainer.optimizer.state.values()} == {3}
+
+
+def test_the_ratio_is_the_median_reference_time_over_the_median_fast_time(monkeypatch):
+    """Warm-up rounds left out, the rounds alternating between the paths, the medians taken per path."""
+    times = {"reference": iter([9.0, 3.0, 1.0, 2.0]), "fast": iter([9.0, 0.5, 0.25, 4.0])}  # the warm-up first
+    calls = []
+
+    def fake_time_steps(trainer, steps):
+        path = "fast" if trainer.config.fused_adam else "reference"
+        calls.append((path, steps))
+        return next(times[path])
+
+    monkeypatch.setattr(bench.speed, "time_steps", fake_time_steps)
+    m = measure_ratio(64, rounds=3, steps=2, warmup=1, device="cpu")
+    assert calls == [("reference", 1), ("fast", 1)] + [("reference", 2), ("fast", 2)] * 3
+    assert (m.reference_s, m.fast_s, m.rounds, m.steps_per_round) == (2.0, 0.5, 3, 2)
+    assert m.ratio == 4.0 and m.authors_s is None and m.fast_vs_authors is None
 
 
 def test_operator_profile_lists_the_heaviest_operators():
@@ -130,7 +157,21 @@ def test_operator_profile_lists_the_heaviest_operators():
     assert rows == sorted(rows, key=lambda r: r["ms_per_step"], reverse=True)
 
 
-def test_batched_timing_steps_the_cells_alone_and_as_one_model():
+def test_batched_timing_steps_the_cells_alone_and_as_one_model(monkeypatch):
+    """Real steps: a warm-up of each cell alone and of the batched model, then each round the same, timed;
+    per cell-iteration, the cells' times alone summed, the batched step's shared."""
+    calls = []
+    real = bench.speed.time_steps
+
+    def spied(trainer, steps):
+        seconds = real(trainer, steps)
+        calls.append((type(trainer).__name__, steps, seconds))
+        return seconds
+
+    monkeypatch.setattr(bench.speed, "time_steps", spied)
     m = measure_batched(64, cells=2, rounds=1, steps=1, warmup=1, device="cpu")
-    assert m.alone_s > 0 and m.batched_s > 0 and m.ratio == m.alone_s / m.batched_s
+    assert [(kind, steps) for kind, steps, _ in calls] == [("Trainer", 1), ("Trainer", 1), ("BatchedTrainer", 1)] * 2
+    alone_0, alone_1, batched = (seconds for _, _, seconds in calls[3:])
+    assert m.alone_s == (alone_0 + alone_1) / 2 and m.batched_s == batched / 2
+    assert m.ratio == (alone_0 + alone_1) / batched
     assert (m.size, m.cells, m.rounds) == (64, 2, 1)

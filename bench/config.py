@@ -112,7 +112,7 @@ PROFILES: dict[str, RunConfig] = {
     "quick": RunConfig(profile="quick", seeds=(0, 1, 2), crop=128, checkpoint_every=200, recipe=RestoreConfig(iterations=600)),
     # CI's regression run: 3 images, 64x64 crops, 400 iterations: about 40 s on a 2-core AMX CPU.
     # At 200 iterations PSNR still climbs ~0.7 dB per 50 steps and seeds spread by 0.7 dB; at 400 it has
-    # levelled. The regression check's outcome part (bench.regression) and the parity test run it.
+    # levelled. The regression check's outcome part (bench.regression) runs it, and House on the reference path too.
     "smoke": RunConfig(profile="smoke", images=("house", "cman", "peppers"), crop=64, checkpoint_every=0,
                        recipe=RestoreConfig(iterations=400)),
     # The regression check's recipe fingerprint (bench.fingerprint): the smoke images, 24 iterations on the

@@ -5,7 +5,10 @@
    tolerance measured across CPU variants. Sees any change to the math, however small its effect.
 2. **Outcome** (bench.check): the ``smoke`` profile (400 iterations, the default path); per-image and
    mean PSNR within tolerances derived from the spread measured over seeds and CPU variants. Sees what
-   only shows after many steps, at the price of a tolerance of the order of a seed's spread.
+   only shows after many steps, at the price of a tolerance of the order of a seed's spread. Then
+   **parity**: House trained on the reference path too, and the fast path's House within House's own
+   measured effect (``bench.spread.parity_tolerance_db``), far tighter than the per-image tolerance,
+   which the noisiest image sets.
 
 Both run on the CPU (also on a GPU machine) into fresh directories, and compare with the goldens in
 ``reports/baselines/``. ``record`` writes new goldens, taking the tolerances from the spread
@@ -31,6 +34,7 @@ from bench.errors import BenchError
 from bench.paths import GOLDENS_DIR, SPREAD_PATH
 from bench.records import read_json, write_json_atomic
 from bench.runner import run
+from bench.spread import parity_tolerance_db
 
 
 @dataclass
@@ -55,13 +59,13 @@ class CellsFailed(BenchError):
     """A cell of the check's own run diverged: the recipe regressed, so the part fails (exit 1)."""
 
 
-def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...] = ()) -> list[dict]:
-    """Train ``part``'s profile (only ``images`` of it, if given) on the CPU into an emptied
-    ``work_dir/<profile>``; its complete records."""
+def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...] = (), path: str | None = None) -> list[dict]:
+    """Train ``part``'s profile (only ``images`` of it, if given; on ``path`` if given, else the profile's) on
+    the CPU into an emptied ``work_dir/<profile>[-<path>]``; its complete records."""
     profile = PARTS[part]
-    results = work_dir / profile
+    results = work_dir / (profile if path is None else f"{profile}-{path}")
     shutil.rmtree(results, ignore_errors=True)  # stale records of another configuration must not be compared
-    overrides = {"run.device": "cpu", **({"run.images": images} if images else {})}
+    overrides = {"run.device": "cpu", **({"run.images": images} if images else {}), **({"run.path": path} if path else {})}
     outcome = run(build_config(profile, overrides), data_dir, results, progress=False)
     if outcome.failures:
         reasons = "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures)
@@ -130,6 +134,26 @@ def check_outcome(records: list[dict], golden: dict) -> PartResult:
     return PartResult("outcome", not failures, failures + [summary], margin if math.isfinite(margin) else math.inf, worst, notes)
 
 
+# The image the outcome part also trains on the reference path: the least noisy of the three (its seed std
+# 0.19 dB, reports/regression-spread.md), so the parity tolerance is the tightest.
+PARITY_IMAGE = "house"
+
+
+def add_parity(result: PartResult, fast: list[dict], reference: list[dict], tolerance_db: float) -> PartResult:
+    """The outcome part with its parity comparison: PARITY_IMAGE's PSNR on the fast path against the reference
+    path's, both trained afresh, within ``tolerance_db``. A miss is a FAIL line and fails the part."""
+    ours, theirs = check.per_image_psnr(fast)[PARITY_IMAGE], check.per_image_psnr(reference)[PARITY_IMAGE]
+    delta = ours - theirs
+    ratio = abs(delta) / tolerance_db
+    line = (f"parity: {PARITY_IMAGE} fast path {ours:.2f} dB, reference path {theirs:.2f} dB: Δ {delta:+.2f} dB "
+            f"(tolerance ±{tolerance_db:.2f}, {PARITY_IMAGE}'s own effect)")
+    failures, summary = result.lines[:-1], result.lines[-1]
+    ok = ratio <= 1.0
+    worst = line if ratio > result.margin else result.worst
+    return PartResult(result.part, result.ok and ok, failures + ([] if ok else [line]) + [f"{summary}; {line}"],
+                      max(result.margin, ratio), worst, result.notes)
+
+
 def record_outcome(records: list[dict], spread: dict) -> dict:
     return check.make_baseline(records, tolerance=spread["tolerance"]["outcome"])
 
@@ -139,7 +163,7 @@ RECORDERS = {"fingerprint": record_fingerprint, "outcome": record_outcome}
 
 
 def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOLDENS_DIR,
-              images: tuple[str, ...] = ()) -> PartResult:
+              images: tuple[str, ...] = (), spread_path: Path = SPREAD_PATH) -> PartResult:
     """Train ``part`` afresh and compare it with its golden. ``images`` (fingerprint only) checks a
     subset of the golden's images: cheaper, for the mutation tests, which run the check 15 times."""
     golden = read_json(golden_path(part, goldens_dir), f"{part} golden")
@@ -151,12 +175,16 @@ def run_check(part: str, data_dir: Path, work_dir: Path, goldens_dir: Path = GOL
             raise BenchError(f"the fingerprint golden has no image {unknown[0]!r}; it has {', '.join(golden['fingerprint'])}")
         golden = {**golden, "fingerprint": {name: golden["fingerprint"][name] for name in images}}
     threads = golden.get("provenance", {}).get("torch_threads")
+    parity_db = parity_tolerance_db(read_json(spread_path, "spread measurement"), PARITY_IMAGE) if part == "outcome" else None
     try:
         with torch_threads(threads) as default:
             records = fresh_run(part, data_dir, work_dir, images)
+            reference = [] if parity_db is None else fresh_run(part, data_dir, work_dir, (PARITY_IMAGE,), path="reference")
     except CellsFailed as exc:
         return PartResult(part, False, [str(exc)], math.inf, str(exc))
     result = CHECKS[part](records, golden)
+    if parity_db is not None and math.isfinite(result.margin):
+        result = add_parity(result, records, reference, parity_db)
     if threads is not None and threads != default:
         result.notes.append(f"trained with {threads} threads, as the golden was (this machine's default: {default})")
     return result

@@ -119,6 +119,15 @@ def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[dict]], refer
     }
 
 
+def parity_tolerance_db(spread: dict, image: str) -> float:
+    """How far the fast path's PSNR may fall from the reference path's on ``image`` after the smoke budget:
+    the outcome rule applied to that image's own effect, max(OUTCOME_Z x sqrt(2) x its seed std,
+    OUTCOME_MARGIN x |its reference-path Δ|), rather than to the largest of any image and variant."""
+    outcome = spread["outcome"]
+    return max(OUTCOME_Z * math.sqrt(2) * outcome["seed_std_per_image"][image],
+               OUTCOME_MARGIN * abs(outcome["delta_vs_default"]["reference-path"][image]))
+
+
 def render_spread(spread: dict) -> str:
     """Markdown: what each variant moved, and the tolerances that follow."""
     prov, out, tol = spread["provenance"], spread["outcome"], spread["tolerance"]

@@ -49,7 +49,7 @@ def test_run_publish_writes_the_profiles_report_and_a_snapshot_of_its_records(re
     results = tmp_path / "results"
     assert main([*TINY_RUN, "--data-dir", str(data_dir), "--results-dir", str(results), "--publish"]) == 0
     report = (reports_dir / "smoke.md").read_text()
-    assert report.startswith("# dip-bench: profile `smoke`") and re.search(r"^\| House +\| 64x64 crop", report, re.M)
+    assert report.startswith("# dip-bench: profile `smoke`") and re.search(r"^\| House +\| 64x64 crop", report, re.MULTILINE)
     snapshot = reports_dir / "smoke" / "records" / "house_seed0.json"
     assert json.loads(snapshot.read_text()) == json.loads((results / "house_seed0.json").read_text())
     assert f"Report written to {reports_dir / 'smoke.md'}" in capsys.readouterr().out
@@ -126,9 +126,10 @@ def outcome_records(monkeypatch) -> list[dict]:
     mutate the list to change what the next check sees."""
     records = [dict(r) for r in RECORDS]
 
-    def fresh_run(part, data_dir, work_dir, images=()):
-        assert part == "outcome" and images == ()
-        return [dict(r) for r in records]
+    def fresh_run(part, data_dir, work_dir, images=(), path=None):
+        assert part == "outcome" and (images, path) in [((), None), (("house",), "reference")]
+        # the reference path's House: the fast path's mean House PSNR (30.5), so the parity Δ is 0
+        return [dict(r) for r in records] if path is None else [{**RECORDS[0], "psnr": 30.5}]
 
     monkeypatch.setattr(bench.regression, "fresh_run", fresh_run)
     return records
@@ -294,7 +295,7 @@ def test_speed_report_renders_a_benchmark_file_with_a_profile(tmp_path, capsys):
                  "--profile-size", "64", "--device", "cpu"]) == 0
     text = out.read_text()
     sizes = {b["extra_info"]["size"] for b in read_json(REPO_ROOT / "reports" / "speed.json", "speed")["benchmarks"]}
-    assert all(re.search(rf"^\| {s}x{s} ", text, re.M) for s in sizes), text
+    assert all(re.search(rf"^\| {s}x{s} ", text, re.MULTILINE) for s in sizes), text
     assert capsys.readouterr().out.rstrip().endswith(f"Speed report written to {out}")
     (tmp_path / "empty.json").write_text(json.dumps({"benchmarks": []}))
     assert main(["speed-report", "--json", str(tmp_path / "empty.json"), "--out", str(out)]) == 2

@@ -9,13 +9,16 @@ import sys
 import pytest
 
 import bench.execution
+import bench.regression
 from bench.analysis import fingerprint as fp
 from bench.analysis.check import compare, execution_note, make_baseline
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.execution import cpu_has_fast_bf16, onednn_isa_cap
 from bench.mutations import BLIND_SPOTS, MUTATIONS, _caught, _cell, mutated_tree, select_mutations, unit_tests_in
-from bench.regression import check_fingerprint
+from bench.paths import SPREAD_PATH
+from bench.regression import PARITY_IMAGE, PartResult, add_parity, check_fingerprint
+from bench.spread import parity_tolerance_db
 from tests.test_report import fixture_record
 
 
@@ -151,8 +154,7 @@ def test_every_mutation_names_its_source_text_exactly_once():
 # Regressions that neither part of the check sees (a path it never runs, a flag its profiles leave at the
 # default, an effect below its resolution): each names the unit tests that catch it (issue 25).
 UNIT_TESTED = ("ema-deferred-weights-swapped", "negative-slope-flag-ignored", "padding-flag-ignored",
-               "upsample-mode-flag-ignored", "fused-adam-eps", "adam-beta2-0.99", "adamw-weight-decay",
-               "backtrack-threshold-doubled")
+               "upsample-mode-flag-ignored", "adam-beta2-0.99", "adamw-weight-decay", "backtrack-threshold-doubled")
 
 
 def test_every_test_a_mutation_names_is_a_test_function_of_its_file():
@@ -179,6 +181,51 @@ def test_the_unit_test_part_counts_only_real_failures_as_catches(tmp_path):
     assert [_caught("tests", outcome) for outcome in (ok, bad, gone)] == [False, True, False]
     assert [_cell(outcome) for outcome in (ok, bad, gone, None)] == [
         "passes (1 named)", "**caught**: test_bad failed", f"error (exit 4): {gone['error']}", "—"]
+
+
+def test_the_parity_tolerance_is_the_images_own_effect():
+    """Each image's own seed std and reference-path Δ, not the largest of any image or CPU variant."""
+    spread = {"outcome": {"seed_std_per_image": {"house": 0.2, "cman": 0.6},
+                          "delta_vs_default": {"reference-path": {"house": -0.8, "cman": 0.1},
+                                               "avx2": {"house": 5.0, "cman": 5.0}}}}
+    assert parity_tolerance_db(spread, "house") == pytest.approx(1.2)  # 1.5 x |-0.8| > 3.5 x sqrt(2) x 0.2 = 0.99
+    assert parity_tolerance_db(spread, "cman") == pytest.approx(3.5 * math.sqrt(2) * 0.6)
+    # the committed report: House's tolerance is below the per-image one (which the noisiest image sets)
+    committed = json.loads(SPREAD_PATH.read_text())
+    assert parity_tolerance_db(committed, PARITY_IMAGE) < committed["tolerance"]["outcome"]["per_image_db"] / 2
+
+
+def outcome_result(margin: float = 0.5) -> PartResult:
+    return PartResult("outcome", True, ["outcome: 3 images after 400 iterations; ..."], margin, "cman: Δ +0.60 dB")
+
+
+def test_parity_within_its_tolerance_adds_its_line_to_the_summary():
+    result = add_parity(outcome_result(), [fixture_record("house", 0, 33.2)], [fixture_record("house", 0, 33.0)], 0.5)
+    assert result.ok and result.margin == 0.5 and result.worst == "cman: Δ +0.60 dB"  # the outcome's 0.5 > parity's 0.4
+    assert result.lines == ["outcome: 3 images after 400 iterations; ...; parity: house fast path 33.20 dB, reference "
+                            "path 33.00 dB: Δ +0.20 dB (tolerance ±0.50, house's own effect)"]
+
+
+def test_parity_outside_its_tolerance_fails_the_outcome_part():
+    """A fast path 2 dB below the reference on House, inside the per-image 2.8 dB, outside House's own 0.93."""
+    result = add_parity(outcome_result(), [fixture_record("house", 0, 31.0)], [fixture_record("house", 0, 33.0)], 0.93)
+    line = "parity: house fast path 31.00 dB, reference path 33.00 dB: Δ -2.00 dB (tolerance ±0.93, house's own effect)"
+    assert not result.ok and result.margin == pytest.approx(2 / 0.93) and result.worst == line
+    assert result.lines[0] == line and result.lines[-1].endswith(line)
+
+
+def test_the_outcome_part_trains_house_on_the_reference_path_too(monkeypatch, data_dir, tmp_path):
+    runs = []
+
+    def fresh_run(part, data_dir, work_dir, images=(), path=None):
+        runs.append((part, images, path))
+        if path == "reference":
+            raise bench.regression.CellsFailed("stop here")
+        return [fixture_record("house", 0, 33.0)]
+
+    monkeypatch.setattr(bench.regression, "fresh_run", fresh_run)
+    assert not bench.regression.run_check("outcome", data_dir, tmp_path).ok
+    assert runs == [("outcome", (), None), ("outcome", ("house",), "reference")]
 
 
 def test_an_unknown_mutation_is_refused():

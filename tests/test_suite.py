@@ -16,7 +16,7 @@ NEEDS_DATA = "tests/test_masks.py::test_paper_mask_reads_the_published_masked_in
 def pytest_without_images(ci: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"} | {"DIP_DATA_DIR": "/nonexistent"} | ({"CI": "1"} if ci else {})
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", NEEDS_DATA],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif((DOWNLOAD_CACHE / "house_GT.png").exists(), reason="the download cache holds the images")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.data import REPO_ROOT
 from bench.errors import BenchError, unknown_choice
-from bench.provenance import cpu_model, git_state
+from bench.provenance import cpu_kind, cpu_model, git_state
 from bench.records import write_json_atomic, write_text_atomic
 
 
@@ -121,6 +121,7 @@ MUTATIONS = (
                     "[net.upsample_mode]",
                     "tests/test_flag_effects.py::test_upsample_mode_computes_what_upsampling_in_that_mode_computes",
                     "tests/test_flag_effects.py::test_the_seed_recipe_builds_its_own_network")),
+    # Inside the outcome part's per-image tolerance, outside its parity comparison's (House's own effect).
     Mutation("fused-adam-eps", "fast path", "dip/trainer.py",
              "fused=config.fused_adam or None,", "fused=config.fused_adam or None, eps=1e-3 if config.fused_adam else 1e-8,",
              "the fused kernel (the fast path's) given eps 1e-3 'for low-precision stability': House loses ~2 dB at "
@@ -261,7 +262,7 @@ def render_power(rows: list[dict], provenance: dict) -> str:
         "",
         f"- {sum(r['caught'] for r in suite)} of {len(suite)} mutations caught; the unmodified code "
         f"{'passes every part' if rows[0]['caught'] else 'FAILS'}",
-        f"- Machine: {provenance['cpu_model']}; commit {provenance['commit'][:12]}{'-dirty' if provenance['dirty'] else ''}; "
+        f"- Machine: {provenance['cpu_model']}{' (' + provenance['cpu_kind'] + ')' if 'cpu_kind' in provenance else ''}; commit {provenance['commit'][:12]}{'-dirty' if provenance['dirty'] else ''}; "
         f"{provenance['timestamp']}; per-mutation results in `regression-power.json`",
         "- Each mutation is a code change (bench/mutations.py) with the configuration left equal; the check ran on a "
         "copy of the code with the change applied, against the committed goldens.",
@@ -289,7 +290,7 @@ def _power_table(rows: list[dict]) -> list[str]:
 
 
 def write_power(rows: list[dict], out: Path) -> None:
-    provenance = {**git_state(), "cpu_model": cpu_model(),
+    provenance = {**git_state(), "cpu_model": cpu_model(), "cpu_kind": cpu_kind(),
                   "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     write_json_atomic(out.with_suffix(".json"), {"provenance": provenance, "mutations": rows})
     write_text_atomic(out, render_power(rows, provenance))

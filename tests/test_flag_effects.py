@@ -30,6 +30,7 @@ from dip.nets.skipnet import Scale, SkipNet
 from dip.recipe import RestoreConfig
 from dip.restore import restore
 from dip.trainer import Trainer, to_numpy
+from tests.test_restore import set_read_loss
 
 CPU = torch.device("cpu")
 # The smoke profile on the reference path (eager fp32, plain Adam: exact comparisons), made tiny.
@@ -203,14 +204,7 @@ def run_of(*argv: str, monkeypatch=None, read_losses: dict[int, float] | None = 
     0-based steps (not the one differentiated), so that a backtracking check sees a chosen PSNR."""
     recipe = recipe_of(*argv)
     if read_losses:
-        forward_backward = Trainer.forward_backward
-
-        def replaced(self):
-            out, loss = forward_backward(self)
-            i = self.steps - 1
-            return out, (loss * 0 + read_losses[i]) if i in read_losses else loss
-
-        monkeypatch.setattr(Trainer, "forward_backward", replaced)
+        set_read_loss(monkeypatch, read_losses)
     return restore(IMAGE, MASK, recipe, partial(build_network, recipe.net), seed=0, reference=IMAGE, **kwargs)
 
 

@@ -69,7 +69,7 @@ def test_backtracking_restores_kept_parameters_at_each_check(house64):
     assert not np.array_equal(result.output, no_backtracking.output)
 
 
-def _set_read_loss(monkeypatch, losses: dict[int, float]) -> None:
+def set_read_loss(monkeypatch, losses: dict[int, float]) -> None:
     """Replace the loss that the loop reads at the given 0-based iterations (not the one that was
     differentiated: the gradients and the step are unchanged), so that the check sees a chosen PSNR."""
     forward_backward = Trainer.forward_backward
@@ -89,7 +89,7 @@ def test_a_drop_is_checked_again_at_the_next_step_and_shifts_the_later_checks(ho
     (A cadence taken from the step count would have seen [20, 40].)"""
     image, mask = house64
     config = RestoreConfig(iterations=50, backtrack_every=10, net=TINY_NET)
-    _set_read_loss(monkeypatch, {20: 1.0, 21: 1.0, 32: 1.0, 40: 1.0})  # 0 dB: far below any kept check
+    set_read_loss(monkeypatch, {20: 1.0, 21: 1.0, 32: 1.0, 40: 1.0})  # 0 dB: far below any kept check
     result = restore(image, mask, config, net_of(config), seed=0)
     assert result.backtrack_iterations == [20, 21, 32]
 
@@ -101,7 +101,7 @@ def test_the_drop_threshold_is_five_db(house64, monkeypatch, below_db, drops):
     config = RestoreConfig(iterations=30, backtrack_every=10, net=TINY_NET)
     assert config.backtrack_drop_db == 5.0
     kept_loss = 1e-2  # 20 dB at the check of iteration 10
-    _set_read_loss(monkeypatch, {10: kept_loss, 20: kept_loss * 10 ** (below_db / 10)})
+    set_read_loss(monkeypatch, {10: kept_loss, 20: kept_loss * 10 ** (below_db / 10)})
     assert restore(image, mask, config, net_of(config), seed=0).backtrack_iterations == drops
 
 

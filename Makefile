@@ -12,8 +12,10 @@ TORCH_INDEX ?=
 # Torch is asked when the recipe runs, not nvidia-smi: under a CPU build of torch, or a driver too old for the
 # installed wheel, nvidia-smi is there and the paper profile would run on the CPU for days.
 TORCH_CUDA = $(PY) -c 'import torch; print(torch.__version__, torch.cuda.is_available())'
+# Where `python -m bench run` puts its results ($DIP_RUNS_DIR, else runs/), for targets that read one run in another.
+RUNS_DIR = $(or $(DIP_RUNS_DIR),runs)
 
-.PHONY: setup test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed gpu-check gpu-session wheelhouse clean-runs
+.PHONY: setup methods bench-methods test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed gpu-check gpu-session wheelhouse clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +23,20 @@ setup:
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@$(PY) -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 
+# The optional methods extra (deepinv, for --method convdecoder), pinning the torch already installed: torchvision's
+# newest release would otherwise pull its own torch (on PyPI a CUDA build) in place of a CPU one.
+methods:
+	$(PY) -m pip install --quiet -e ".[methods]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
+
 test:
 	$(PY) -m pytest
+
+# The committed comparison of methods (docs/methods.md): the built-in method and deepinv's ConvDecoder at the quick
+# budget (11 images x 3 seeds each; the built-in run is the longer one), as reports/quick-convdecoder.md with the built-in
+# run as a column and both runs' records beside it. Needs `make methods`. Finished cells are skipped on a re-run.
+bench-methods:
+	$(PY) -m bench run --profile quick --no-progress
+	$(PY) -m bench run --profile quick --method convdecoder --no-progress --publish --with "dip-bench=$(RUNS_DIR)/quick"
 
 # The main job. Where torch sees a GPU: the paper profile (Table 1's protocol) with the seed reproduction's recipe
 # as a column; elsewhere: the brief profile, then what to run next. Both also score the published outputs.

@@ -17,6 +17,7 @@ from bench.config import CHECK_PARTS, PROFILES
 from bench.errors import BenchError, RunStopped
 from bench.executors.options import EXECUTORS
 from bench.flags import OneLineParser, add_config_flags
+from bench.methods import BUILTIN, configured_method
 from bench.paths import GOLDENS_DIR, README_RUN, REPORTS_DIR, RUNS_DIR
 from bench.progress import LOG_EVERY_S
 
@@ -51,7 +52,8 @@ def non_negative_seconds(text: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
+    """The parser; ``method``: the --method of a ``run`` command line, whose fields become its flags."""
     parser = OneLineParser(prog="python -m bench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"without bars (no terminal, or --no-progress): a status line per cell every this many "
                             f"seconds, 0 for none (default {LOG_EVERY_S:g})")
     _add_with(run_p)
-    add_config_flags(run_p)
+    add_config_flags(run_p, configured_method(method))
     ex = run_p.add_argument_group("where the cells run (none of it changes a result)")
     ex.add_argument("--executor", choices=EXECUTORS, default="inline",
                     help="inline: here, one cell after another (default); local: parallel subprocesses, one per "
@@ -213,8 +215,26 @@ def _add_results_selection(parser: argparse.ArgumentParser) -> None:
     _add_results_dir(parser)
 
 
+def method_of(argv: list[str]) -> str:
+    """The --method a ``run`` command line names (the built-in one if none): its flags depend on it."""
+    if not argv or argv[0] != "run":
+        return BUILTIN
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return BUILTIN
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(method_of(argv))
+    except BenchError as exc:  # an unknown method, or one that does not follow the interface
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return command(args.command)(args)
     except BenchError as exc:

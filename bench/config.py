@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from bench.data import load_images, resolve_image
 from bench.errors import BenchError, unknown_choice
+from bench.methods import BUILTIN as BUILTIN_METHOD
+from bench.methods import LoadedMethod, configured_method
 from dip.nets.config import SkipNetConfig
 from dip.recipe import DIVERGENCE_POLICIES, PRECISIONS, RestoreConfig
 
@@ -60,6 +62,7 @@ class RunConfig:
     fused_adam: bool | None = None
     tf32: bool | None = None  # CUDA only
     cudnn_benchmark: bool | None = None  # CUDA only
+    winograd: bool | None = None  # fp32 3x3 convolutions by Winograd F(4x4, 3x3); the fast path's on an AVX2 CPU (fp32)
     # Cells of one image size trained at a time as one batched model (dip.batched); 1: each cell alone.
     # What fills a large GPU; on a CPU the grouped convolutions are slower than one cell at a time.
     cells_per_gpu: int = 1
@@ -68,6 +71,14 @@ class RunConfig:
     on_divergence: str = "backtrack"  # non-finite loss: "backtrack" (restore the last good state) | "fail" the cell
     recipe_name: str = "paper"  # the preset of RECIPES that ``recipe`` started from (--recipe)
     recipe: RestoreConfig = field(default_factory=RestoreConfig)
+    # The method (bench.methods): a registered name or a Python path (--method), and the fields its flags
+    # set, as (name, value) pairs: the spec, not the instance, so that a job loads the method again.
+    method: str = BUILTIN_METHOD
+    method_fields: tuple[tuple[str, typing.Any], ...] = ()
+
+    def loaded_method(self) -> LoadedMethod:
+        """The method with its fields set (bench.methods.configured_method)."""
+        return configured_method(self.method, self.method_fields)
 
     def __post_init__(self) -> None:
         # Aliases (cameraman, lena512) become keys here, so that runs compare and cells dedupe by key.
@@ -141,13 +152,22 @@ def build_config(profile: str, overrides: dict[str, typing.Any]) -> RunConfig:
         base = dataclasses.replace(base, recipe_name=recipe_name,
                                    recipe=dataclasses.replace(RECIPES[recipe_name], iterations=base.recipe.iterations))
     overrides = dict(overrides)
+    method = configured_method(overrides.get("run.method", base.method))  # an unknown method fails here
     if "run.files" in overrides:
         overrides["run.files"] = tuple(overrides["run.files"])
         overrides.setdefault("run.images", ())  # own files replace the Table 1 images unless --images says otherwise
-    by_section: dict[str, dict] = {"run": {}, "recipe": {}, "net": {}}
+    by_section: dict[str, dict] = {"run": {}, "recipe": {}, "net": {}, "method": {}}
     for dest, value in overrides.items():
         section, name = dest.split(".", 1)
         by_section[section][name] = value
+    if by_section["net"] and method.method.name != BUILTIN_METHOD:
+        flags = ", ".join("--" + name.replace("_", "-") for name in by_section["net"])
+        raise BenchError(f"{flags}: the built-in network's field{'s' if len(by_section['net']) > 1 else ''}, "
+                         f"not method {method.method.name!r}'s "
+                         f"(see python -m bench run --method {overrides['run.method']} --help)")
+    fields = tuple(by_section["method"].items())
+    configured_method(overrides.get("run.method", base.method), fields)  # the method refuses a bad value here
+    by_section["run"]["method_fields"] = fields
     try:
         net = dataclasses.replace(base.recipe.net, **by_section["net"])
         recipe = dataclasses.replace(base.recipe, net=net, **by_section["recipe"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.checkpoints import checkpoint_iteration
 from bench.data import load_images
-from bench.records import COMPLETE, FAILED, read_record
+from bench.records import COMPLETE, FAILED, Record, read_record
 from bench.rundir import RunDir, cell_stem, is_locked
 
 
@@ -30,12 +30,12 @@ class CoverageRow:
     basis: str  # where hours_left's ms/iter comes from
 
 
-def coverage(results_dir: Path, records: list[dict]) -> list[dict]:
+def coverage(results_dir: Path, records: list[Record]) -> list[dict]:
     """One row per Table 1 image and seed of ``records`` (their shared configuration: iterations, device),
     as dicts for :func:`bench.analysis.tables.coverage_table`."""
     run_dir = RunDir(results_dir)
-    iterations = records[0]["config"]["recipe"]["iterations"]
-    seeds = sorted({r["seed"] for r in records})
+    iterations = records[0].config.recipe.iterations
+    seeds = sorted({r.seed for r in records})
     rates = ms_per_iter_by_size(records)
     rows = []
     for info in load_images().values():
@@ -46,12 +46,12 @@ def coverage(results_dir: Path, records: list[dict]) -> list[dict]:
     return rows
 
 
-def ms_per_iter_by_size(records: list[dict]) -> dict[tuple[int, int], tuple[float, str]]:
+def ms_per_iter_by_size(records: list[Record]) -> dict[tuple[int, int], tuple[float, str]]:
     """(ms/iter, basis) per image size: the median over this run's complete records of that size; a size
     with none is scaled from a measured one by the ratio of pixels (the network's work is linear in them)."""
     measured: dict[tuple[int, int], list[float]] = {}
     for r in records:
-        measured.setdefault(tuple(r["size"]), []).append(r["timing"]["median_ms_per_iter"])
+        measured.setdefault(tuple(r.size), []).append(r.ms_per_iter)
     rates = {size: (statistics.median(ms), f"median of this run's {len(ms)} {size[1]}x{size[0]} record"
                     + ("s" if len(ms) > 1 else "")) for size, ms in measured.items()}
     if not rates:
@@ -70,7 +70,7 @@ def cell_row(run_dir: RunDir, stem: str, name: str, seed: int, size: tuple[int, 
              rates: dict[tuple[int, int], tuple[float, str]]) -> CoverageRow:
     label = f"{size[1]}x{size[0]}"
     if (record := read_record(run_dir.record(stem), COMPLETE)) is not None:
-        return CoverageRow(name, seed, label, "done", iterations, record["psnr"], None, "")
+        return CoverageRow(name, seed, label, "done", iterations, record.psnr, None, "")
     if read_record(run_dir.record(stem), FAILED) is not None:
         return CoverageRow(name, seed, label, "failed", None, None, None, "")
     checkpoint = run_dir.checkpoint(stem)

@@ -10,24 +10,26 @@ import numpy as np
 from bench.config import RunConfig
 from bench.data import ImageInfo, resolve_image
 from bench.execution import cell_recipe, resolve_device
-from dip.nets import build_network
+from bench.plan import cell_network
 from dip.restore import restore
 
 
 def measure_ms_per_iter(config: RunConfig, timed_iterations: int = 2) -> dict[tuple[int, int], float]:
     """Median ms per iteration of ``config``'s recipe on this machine, per distinct (height, width).
 
-    A few real iterations of the profile's own recipe (after one warm-up) on a random image of each
-    size the run will train at.
+    A few real iterations of the profile's own recipe and method (after one warm-up) on a random image of
+    each size the run will train at.
     """
     device = resolve_device(config.device)
     recipe = cell_recipe(config, device, out_channels=1)
     probe = dataclasses.replace(recipe, iterations=timed_iterations + 1, timer_warmup=1)
+    method = config.loaded_method().method
     rng = np.random.default_rng(0)
     measured = {}
     for shape in sorted({train_shape(config, resolve_image(name)) for name in config.images}):
         image = rng.random(shape, dtype=np.float32)
-        result = restore(image, np.ones(shape, np.float32), probe, partial(build_network, probe.net), seed=0, device=device)
+        result = restore(image, np.ones(shape, np.float32), probe, partial(cell_network, method, probe, shape), seed=0,
+                         device=device, net_input=method.net_input(probe, *shape))
         measured[shape] = result.timing.median_ms_per_iter
     return measured
 

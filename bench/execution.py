@@ -53,6 +53,16 @@ def cpu_has_fast_bf16() -> bool:
     return bool(amx or avx512_bf16)
 
 
+def cpu_convolutions_run_avx2() -> bool:
+    """Whether oneDNN's fp32 convolutions are limited to AVX2 here (no AVX-512 on the CPU, or a cap below
+    AVX512_CORE). There Winograd's 3x3 convolutions pay (measured: 1.8x on the paper network's largest);
+    under AVX-512, direct convolution runs at twice the AVX2 rate and Winograd's matmuls do not (MKL's
+    on an AMD EPYC), and Winograd loses (docs/speed.md, "Winograd")."""
+    cap = onednn_isa_cap()
+    capped = cap is not None and ONEDNN_ISA_RANK[cap] < ONEDNN_ISA_RANK["AVX512_CORE"]
+    return capped or not torch.cpu._is_avx512_supported()
+
+
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """Whether the GPU ``device`` names computes bf16 natively (compute capability 8.0 and up, or ROCm).
     torch's default check counts emulation too, which is True on a V100 or T4, where bf16 runs slower
@@ -93,5 +103,9 @@ def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> R
         fused_adam=pick(config.fused_adam, True),
         tf32=pick(config.tf32, on_cuda),
         cudnn_benchmark=pick(config.cudnn_benchmark, on_cuda),
+        # Winograd pays where the convolutions run fp32 and AVX2 on a CPU (docs/speed.md, "Winograd");
+        # batched cells (vmap) take no custom autograd function
+        winograd=pick(config.winograd, not on_cuda and precision == "fp32" and cpu_convolutions_run_avx2()
+                      and config.cells_per_gpu == 1),
         net=dataclasses.replace(config.recipe.net, out_channels=out_channels),
     )

@@ -16,7 +16,8 @@ import dataclasses
 import typing
 
 from bench.config import ALL_IMAGES, MASKS, PATHS, PROFILES, RECIPES, RunConfig
-from bench.errors import unknown_choice
+from bench.errors import BenchError, unknown_choice
+from bench.methods import BUILTIN, REGISTERED, LoadedMethod
 from dip.execution import PATH_CHOSEN_FIELDS
 from dip.nets.config import LAYOUTS, PADDINGS, UPSAMPLE_MODES, SkipNetConfig
 from dip.recipe import DIVERGENCE_POLICIES, INPUT_NOISES, PRECISIONS, RestoreConfig
@@ -25,7 +26,7 @@ from dip.recipe import DIVERGENCE_POLICIES, INPUT_NOISES, PRECISIONS, RestoreCon
 # files with --image, out_channels follows the image, and the recipe's execution fields are resolved
 # from RunConfig's fields of the same name.
 _NOT_FLAGS = {
-    RunConfig: {"profile", "recipe", "recipe_name", "files"},
+    RunConfig: {"profile", "recipe", "recipe_name", "files", "method", "method_fields"},
     RestoreConfig: {"net", *PATH_CHOSEN_FIELDS},  # set through RunConfig's fields of the same names
     SkipNetConfig: {"out_channels"},
 }
@@ -63,6 +64,8 @@ HELP: dict[str, str] = {
     "run.fused_adam": "Adam's update as one fused kernel; the fast path uses it",
     "run.tf32": "CUDA only: TF32 tensor cores for fp32 convolutions; the fast path uses them",
     "run.cudnn_benchmark": "CUDA only: autotune cuDNN's convolution algorithms; the fast path does",
+    "run.winograd": "fp32 3x3 convolutions with outputs of at least 64x64 pixels by Winograd F(4x4, 3x3), "
+                    "4x fewer multiplications; the fast path uses it where a CPU runs them fp32 with AVX2 (no AVX-512)",
     "run.cells_per_gpu": "cells of one image size trained at once as one batched model (fills a GPU; "
                          "fp32 or bf16, contiguous, not compiled); 1 = each cell alone",
     "run.checkpoint_every": "iterations between a cell's checkpoints; 0 = only on SIGINT/SIGTERM",
@@ -197,16 +200,46 @@ def _field_kwargs(dest: str, hint: typing.Any) -> dict:
     return kwargs | {"dest": dest, "default": argparse.SUPPRESS, "help": flag_help(dest)}
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per configurable field; only flags given on the command line override the profile."""
+def add_config_flags(parser: argparse.ArgumentParser, method: LoadedMethod | None = None) -> None:
+    """One flag per configurable field; only flags given on the command line override the profile. With
+    ``method`` (``run``): --method, and that method's fields in place of the built-in network's."""
+    if method is not None:
+        parser.add_argument("--method", dest="run.method", metavar="NAME", default=argparse.SUPPRESS,
+                            help=f"the method to train: {', '.join(REGISTERED)} (default {BUILTIN}), or a Python "
+                                 f"path, package.module:make_method or path/to/file.py[:make_method] (docs/methods.md); "
+                                 f"its fields are flags: see --method NAME --help")
     parser.add_argument("--recipe", dest="run.recipe_name", choices=RECIPES, default=argparse.SUPPRESS,
                         help="training recipe to start from (default paper); field flags then override it")
     parser.add_argument("--image", dest="run.files", action="append", metavar="PATH", default=argparse.SUPPRESS,
                         help="run on this image file (grayscale or RGB; repeatable) instead of the Table 1 images")
-    for section, cls in _SECTIONS:
+    builtin = method is None or method.method.name == BUILTIN
+    for section, cls in _SECTIONS if builtin else _SECTIONS[:2]:
         group = parser.add_argument_group(f"{section} fields", _GROUP_NOTE if section == _SECTIONS[0][0] else None)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name not in _NOT_FLAGS[cls]:
                 dest = f"{section}.{f.name}"
                 group.add_argument("--" + f.name.replace("_", "-"), **_field_kwargs(dest, hints[f.name]))
+    if not builtin:
+        add_method_flags(parser, method)
+
+
+def add_method_flags(parser: argparse.ArgumentParser, loaded: LoadedMethod) -> None:
+    """One flag per field of a method other than the built-in (dest "method.<field>"); a field named like
+    another flag is refused in one line."""
+    method = loaded.method
+    group = parser.add_argument_group(f"method fields ({method.name})", "Each overrides the method's default.")
+    hints = typing.get_type_hints(type(method))
+    for f in dataclasses.fields(method):
+        kwargs = _parser_for(hints[f.name])
+        if hints[f.name] == tuple[str, ...]:  # not image names: a plain comma-separated list
+            kwargs["type"] = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())
+        default = getattr(method, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = method.field_help.get(f.name, f"field {f.name} of method {method.name}")
+        try:
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f"method.{f.name}", default=argparse.SUPPRESS,
+                               help=f"{text} (default {shown})".replace("%", "%%"), **kwargs)
+        except argparse.ArgumentError:
+            raise BenchError(f"method {method.name!r}: its field {f.name!r} has the name of another flag "
+                             f"(--{f.name.replace('_', '-')}); rename the field") from None

@@ -39,7 +39,7 @@ from bench.errors import BenchError, RunStopped
 from bench.hardware import peak_tflops
 from bench.paths import GOLDENS_DIR
 from bench.provenance import device_name, provenance
-from bench.records import read_json, write_json_atomic
+from bench.records import Record, read_json, write_json_atomic
 from bench.regression import PartResult, check_outcome
 from bench.runner import run
 from bench.speed import measure_batched, measure_ratio
@@ -109,21 +109,21 @@ def smoke_records(plan: CheckPlan, data_dir: Path, results_dir: Path, cuda_graph
     outcome = run(build_config("smoke", overrides), data_dir, results_dir, progress=False)
     if outcome.failures:
         raise BenchError(f"{len(outcome.failures)} smoke cell(s) failed to train on {plan.device}: "
-                         + "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures))
+                         + "; ".join(f"{r.image}: {r.reason}" for r in outcome.failures))
     return outcome.records
 
 
-def against_cpu_baseline(records: list[dict], golden: dict) -> PartResult:
+def against_cpu_baseline(records: list[Record], golden: dict) -> PartResult:
     """The outcome check with the baseline's device taken as the run's: CUDA is the one intended difference."""
-    device = records[0]["config"]["device"]
+    device = records[0].config.device
     return check_outcome(records, {**golden, "config": {**golden["config"], "device": device}})
 
 
-def against_eager(eager: list[dict], other: list[dict], per_image_db: float) -> dict:
+def against_eager(eager: list[Record], other: list[Record], per_image_db: float) -> dict:
     """Per-image PSNR of another run of the same cells (graphed, batched) minus the eager run's; ok when
     each is within ``per_image_db``."""
-    eager_psnr = {r["image"]: r["psnr"] for r in eager}
-    deltas = {r["image"]: r["psnr"] - eager_psnr[r["image"]] for r in other}
+    eager_psnr = {r.image: r.psnr for r in eager}
+    deltas = {r.image: r.psnr - eager_psnr[r.image] for r in other}
     ok = set(deltas) == set(eager_psnr) and all(abs(d) <= per_image_db for d in deltas.values())
     return {"ok": ok, "delta_db": deltas, "tolerance_db": per_image_db}
 

@@ -57,7 +57,7 @@ from bench.gpu_check import (
 from bench.offline import require_local_images
 from bench.progress import human_duration
 from bench.provenance import provenance, utc_timestamp
-from bench.records import FAILED, read_record, write_json_atomic, write_text_atomic
+from bench.records import FAILED, Record, read_record, write_json_atomic, write_text_atomic
 from bench.rundir import RunDir, cell_stem
 from bench.session_archive import MANIFEST_NAME, ArchiveSummary, Member, write_archive
 
@@ -157,12 +157,11 @@ def largest_size_group(config: RunConfig) -> int:
     return max(sizes.values()) * len(config.seeds)
 
 
-def memory_cap(batched_records: list[dict], largest_pixels: int, device: torch.device, fraction: float) -> int | None:
+def memory_cap(batched_records: list[Record], largest_pixels: int, device: torch.device, fraction: float) -> int | None:
     """How many cells of ``largest_pixels`` one batch may hold on ``device``, scaled from the batched
     smoke run's peak memory per cell and pixel (an overestimate: at 64x64 the weights and Adam's state,
     which do not grow with the image, are much of it). None without a measurement or off a GPU."""
-    peaks = [(r["peak_memory_bytes"], len(r.get("batch", [r])), r["size"]) for r in batched_records
-             if r.get("peak_memory_bytes")]
+    peaks = [(r.peak_memory_bytes, len(r.batch or [r]), r.size) for r in batched_records if r.peak_memory_bytes]
     if device.type != "cuda" or not peaks:
         return None
     per_pixel = max(peak / cells / (size[0] * size[1]) for peak, cells, size in peaks)
@@ -170,11 +169,11 @@ def memory_cap(batched_records: list[dict], largest_pixels: int, device: torch.d
     return max(1, math.floor(fraction * total / (per_pixel * largest_pixels)))
 
 
-def cell_seconds(eager: list[dict], eager_seconds: float, iterations: int) -> float:
+def cell_seconds(eager: list[Record], eager_seconds: float, iterations: int) -> float:
     """Seconds one cell of ``iterations`` takes at the eager run's pace: its median step, plus what each of
     its cells spent outside the steps (start-up, the interpolation floors, the panel)."""
-    step_s = statistics.median(r["timing"]["median_ms_per_iter"] for r in eager) / 1e3
-    outside_s = max(eager_seconds / len(eager) - eager[0]["config"]["recipe"]["iterations"] * step_s, 0.0)
+    step_s = statistics.median(r.ms_per_iter for r in eager) / 1e3
+    outside_s = max(eager_seconds / len(eager) - eager[0].config.recipe.iterations * step_s, 0.0)
     return iterations * step_s + outside_s
 
 
@@ -192,7 +191,7 @@ def resume_command(overrides: dict, results_dir: Path) -> str:
     return f"python -m bench run --profile paper {' '.join(flags)} --results-dir {results_dir}"
 
 
-def table_coverage(results_dir: Path, records: list[dict], config: RunConfig) -> list[dict]:
+def table_coverage(results_dir: Path, records: list[Record], config: RunConfig) -> list[dict]:
     """The Coverage of Table 1 rows of the table's run; also when no cell finished (bench.coverage
     times the unfinished cells by the run's records, and then there are none to time them by)."""
     if records:
@@ -203,13 +202,13 @@ def table_coverage(results_dir: Path, records: list[dict], config: RunConfig) ->
             for info in load_images().values() for seed in config.seeds]
 
 
-def records_on_disk(results_dir: Path) -> tuple[list[dict], list[dict]]:
+def records_on_disk(results_dir: Path) -> tuple[list[Record], list[Record]]:
     """The complete and the failed records in ``results_dir``, whatever wrote them."""
     paths = RunDir(results_dir).record_paths()
     return ([r for p in paths if (r := read_record(p))], [r for p in paths if (r := read_record(p, FAILED))])
 
 
-def write_table_report(results_dir: Path, records: list[dict], failures: list[dict], rows: list[dict]) -> Path:
+def write_table_report(results_dir: Path, records: list[Record], failures: list[Record], rows: list[dict]) -> Path:
     """The table's report with its coverage: the usual report of the complete records (no panel links:
     the panels stay behind), or the coverage alone when none finished."""
     out = RunDir(results_dir).report

@@ -25,9 +25,13 @@ PROTOCOL = REPO_ROOT / "docs" / "protocol.md"  # holds the defaults tables that 
 README_RUN = "brief"  # the published run whose table the README shows: what `make bench` gives without a GPU
 
 
-def run_name(profile: str, recipe_name: str = "paper") -> str:
-    """runs/<name> and reports/<name>.md: the profile, suffixed with the recipe unless it is the paper's."""
-    return profile if recipe_name == "paper" else f"{profile}-{recipe_name}"
+def run_name(profile: str, recipe_name: str = "paper", method: str = "dip-bench") -> str:
+    """runs/<name> and reports/<name>.md: the profile, suffixed with the recipe unless it is the paper's and
+    with the method unless it is the built-in one (quick, quick-seed, quick-convdecoder)."""
+    name = profile if recipe_name == "paper" else f"{profile}-{recipe_name}"
+    if method == "dip-bench":
+        return name
+    return f"{name}-" + "-".join("".join(c if c.isalnum() else " " for c in method.lower()).split())
 
 
 def published_paths(name: str) -> tuple[Path, Path]:

@@ -7,7 +7,8 @@ Which cells are already done is decided here too, from the records on disk.
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -30,12 +31,15 @@ from bench.data import (
 )
 from bench.errors import BenchError
 from bench.execution import cell_recipe, resolve_device
-from bench.records import FAILED, read_record, write_bytes_atomic, write_json_atomic
+from bench.methods import Method
+from bench.record import MethodSpec, RecordConfig
+from bench.records import FAILED, Record, read_record, write_bytes_atomic, write_record
 from bench.rundir import RunDir, cell_stem
 from dip.batched import check_batchable
 from dip.execution import PATH_CHOSEN_FIELDS
 from dip.masks import bernoulli_mask, paper_mask
-from dip.nets import build_network, check_input_size, count_parameters
+from dip.inputs import NetInput
+from dip.nets import count_parameters
 from dip.recipe import RestoreConfig
 from dip.trainer import check_device
 
@@ -63,9 +67,10 @@ class Cell:
     image: np.ndarray  # (h, w) or (h, w, 3) float32 ground truth, cropped
     mask: np.ndarray  # (h, w) float32, 1 = kept
     published: dict[str, np.ndarray]
-    config: dict  # the fully resolved configuration this cell trains with (JSON-ready)
+    config: RecordConfig  # the fully resolved configuration this cell trains with, as its record holds it
     recipe: RestoreConfig
     run_dir: RunDir
+    method: Method  # what builds the network and its input (bench.methods), with its fields set
 
     @property
     def stem(self) -> str:
@@ -85,21 +90,26 @@ class Cell:
         return f"{self.info.name} seed {self.seed}"
 
 
-def run_fields(config: RunConfig, device: torch.device, recipe: RestoreConfig) -> dict:
+def method_spec(config: RunConfig) -> MethodSpec:
+    """The method as records store it: name, fields (JSON values) and, for one loaded from a path, where from."""
+    loaded = config.loaded_method()
+    return MethodSpec(loaded.method.name, loaded.method.field_values(), loaded.source)
+
+
+def run_fields(config: RunConfig, device: torch.device, recipe: RestoreConfig) -> RecordConfig:
     """The configuration all cells of a run share: a record's ``config`` without image, seed and file
-    (what bench.analysis.summary.shared_config reads back), JSON-ready (tuples -> lists, as a stored record has them)."""
-    fields = {"profile": config.profile, "crop": config.crop, "mask": config.mask}
-    if config.mask == "bernoulli":
-        fields["keep"] = config.keep
-    fields |= {"device": str(device), "recipe_name": config.recipe_name, "recipe": recipe.to_dict()}
-    if config.cells_per_gpu > 1:  # (absent at 1: records written before batching existed stay the same)
-        fields["cells_per_gpu"] = config.cells_per_gpu
-    return json.loads(json.dumps(fields))
+    (what bench.analysis.summary.shared_config reads back)."""
+    return RecordConfig(
+        profile=config.profile, crop=config.crop, mask=config.mask, device=str(device), recipe=recipe,
+        keep=config.keep if config.mask == "bernoulli" else None, recipe_name=config.recipe_name,
+        method=method_spec(config), cells_per_gpu=config.cells_per_gpu,
+    )
 
 
-def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device, recipe: RestoreConfig) -> dict:
-    shared = run_fields(config, device, recipe)
-    return {"profile": shared.pop("profile"), "image": source.info.key, **source.origin, "seed": seed, **shared}
+def cell_config(config: RunConfig, source: Source, seed: int, device: torch.device,
+                recipe: RestoreConfig) -> RecordConfig:
+    return dataclasses.replace(run_fields(config, device, recipe), image=source.info.key, seed=seed,
+                               file=source.origin.get("file"), file_sha256=source.origin.get("file_sha256"))
 
 
 def table_source(info: ImageInfo, config: RunConfig, data_dir: Path) -> Source:
@@ -125,12 +135,17 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
     keys = [s.info.key for s in sources]
     if len(set(keys)) != len(keys):
         raise BenchError(f"two images would share record names: {', '.join(k for k in keys if keys.count(k) > 1)}")
+    method = config.loaded_method().method
+    try:
+        method.require()  # a missing optional package: one line naming the install command
+    except ValueError as exc:
+        raise BenchError(f"--method {config.method}: {exc}") from None
     cells = []
     for source in sources:
         info, image = source.info, source.image
         recipe = cell_recipe(config, device, out_channels=1 if image.ndim == 2 else image.shape[2])
         try:
-            check_input_size(*image.shape[:2], recipe.net)
+            method.check(recipe, *image.shape[:2])
             check_device(recipe, device)
             if config.cells_per_gpu > 1:
                 check_batchable(recipe)
@@ -148,7 +163,7 @@ def plan_cells(config: RunConfig, data_dir: Path, results_dir: Path, device: tor
                 raise BenchError(f"{info.key} seed {seed}: the mask keeps {'every' if mask.all() else 'no'} pixel "
                                  f"of the {mask.shape[1]}x{mask.shape[0]} image; there is nothing to restore")
             cfg = cell_config(config, source, seed, device, recipe)
-            cells.append(Cell(info, seed, image, mask, source.published, cfg, recipe, RunDir(results_dir)))
+            cells.append(Cell(info, seed, image, mask, source.published, cfg, recipe, RunDir(results_dir), method))
     return cells
 
 
@@ -182,24 +197,35 @@ def bytes_needed(cells: list[Cell], together: int = 1) -> int:
     two moments, and the kept copies of all three) plus z, the network input and the EMA."""
     if not cells:
         return 0
-    params = max(count_parameters(build_network(net)) for net in {c.recipe.net for c in cells})
+    shapes = {(c.recipe, c.image.shape) for c in cells}  # one network (and input) per recipe and image size
+    params = max(count_parameters(cell_network(cells[0].method, recipe, shape)) for recipe, shape in shapes)
+    inputs = max(math.prod(cell_input(cells[0].method, recipe, shape).shape) for recipe, shape in shapes)
     pixels = max(c.image.shape[0] * c.image.shape[1] for c in cells)
-    channels = max(c.recipe.net.in_channels for c in cells)
-    checkpoint = 4 * (6 * params + (2 * channels + 3) * pixels)
+    checkpoint = 4 * (6 * params + 2 * inputs + 3 * pixels)
     per_cell = 256 * 2**10 + 4 * pixels * 3
     return (min(together, len(cells)) + 1) * checkpoint + len(cells) * per_cell
+
+
+def cell_network(method: Method, recipe: RestoreConfig, shape: tuple[int, ...]) -> torch.nn.Module:
+    """The network ``method`` builds for an image of ``shape`` ((h, w) or (h, w, c))."""
+    return method.build(recipe, 1 if len(shape) == 2 else shape[2], shape[0], shape[1])
+
+
+def cell_input(method: Method, recipe: RestoreConfig, shape: tuple[int, ...]) -> NetInput:
+    """The network input ``method`` feeds for an image of ``shape``: its own, or the paper's."""
+    return method.net_input(recipe, shape[0], shape[1]) or NetInput.paper(recipe, shape[0], shape[1])
 
 
 def is_done(cell: Cell) -> bool:
     """A complete record with exactly this configuration exists (a changed flag means re-run)."""
     record = read_record(cell.path)
-    return record is not None and record.get("config") == cell.config
+    return record is not None and record.config == cell.config
 
 
-def failed_record(cell: Cell) -> dict | None:
+def failed_record(cell: Cell) -> Record | None:
     """The failed record of exactly this configuration, if training gave up on the cell."""
     record = read_record(cell.path, FAILED)
-    return record if record is not None and record.get("config") == cell.config else None
+    return record if record is not None and record.config == cell.config else None
 
 
 # Resolved on the machine that trains (auto precision depends on the GPU): a Slurm submission planned on
@@ -210,11 +236,11 @@ NODE_FIELDS = ("device", *(f"recipe.{name}" for name in PATH_CHOSEN_FIELDS))
 def is_done_on_any_node(cell: Cell) -> bool:
     """A complete record exists whose configuration equals this one but for :data:`NODE_FIELDS`."""
     record = read_record(cell.path)
-    return record is not None and _without_node_fields(record.get("config", {})) == _without_node_fields(cell.config)
+    return record is not None and _without_node_fields(record.config) == _without_node_fields(cell.config)
 
 
-def _without_node_fields(config: dict) -> dict:
-    config = json.loads(json.dumps(config))
+def _without_node_fields(config: RecordConfig) -> dict:
+    config = config.to_dict()
     for name in NODE_FIELDS:
         *parents, leaf = name.split(".")
         holder = config
@@ -229,12 +255,12 @@ def adopt(cell: Cell, source_dir: Path) -> bool:
     configuration is there; True if it was."""
     source = RunDir(source_dir)
     record = read_record(source.record(cell.stem))
-    if record is None or record.get("config") != cell.config:
+    if record is None or record.config != cell.config:
         return False
     panel = source.panel(cell.stem)
     if panel.is_file():
         write_bytes_atomic(cell.panel_path, panel.read_bytes())
-    write_json_atomic(cell.path, record)
+    write_record(cell.path, record)
     return True
 
 

@@ -1,4 +1,5 @@
-"""One JSON record per (image, seed) cell, written atomically so that none is ever half-written."""
+"""Records on disk: one JSON file per (image, seed) cell, written atomically so that none is ever
+half-written, and read back as :class:`bench.record.Record` (validated; older schemas migrated)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.record import COMPLETE, FAILED, SCHEMA, Record, RecordError
 from bench.rundir import RunDir
 
-SCHEMA = 1
-COMPLETE = "complete"
-FAILED = "failed"  # a cell whose training diverged under --on-divergence fail: its reason, no results
+__all__ = ["COMPLETE", "FAILED", "SCHEMA", "Record", "load_failures", "load_records", "read_json", "read_record",
+           "write_record"]
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -64,23 +65,35 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_record(path: Path, status: str = COMPLETE) -> dict | None:
-    """The record at ``path`` if it is a record of this schema with this status, else None."""
+def write_record(path: Path, record: Record) -> None:
+    """``record`` as JSON at ``path``, atomically."""
+    write_json_atomic(path, record.to_dict())
+
+
+def parse_record(data: dict, path: Path) -> Record:
+    """``data`` (read from ``path``) as a Record; a malformed or newer-schema one is a one-line BenchError."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA or record.get("status") != status:
-        return None
-    return record
+        return Record.from_dict(data)
+    except RecordError as exc:
+        raise RecordError(f"{path} is not a record this dip-bench can read: {exc}") from None
 
 
-def load_failures(results_dir: Path) -> list[dict]:
+def read_record(path: Path, status: str = COMPLETE) -> Record | None:
+    """The record at ``path`` if there is one with this status; None if there is none (or it has the other
+    status). A file that is not a valid record (malformed, or of a newer schema) is a one-line BenchError:
+    never taken for a result, and never silently overwritten."""
+    if not path.is_file():
+        return None
+    record = parse_record(read_json(path, "record"), path)
+    return record if record.status == status else None
+
+
+def load_failures(results_dir: Path) -> list[Record]:
     """Every failed cell's record in ``results_dir`` (none if it does not exist), in file-name order."""
     return [r for p in RunDir(results_dir).record_paths() if (r := read_record(p, FAILED)) is not None]
 
 
-def load_records(results_dir: Path) -> list[dict]:
+def load_records(results_dir: Path) -> list[Record]:
     """Every complete record in ``results_dir``, in file-name order."""
     if not results_dir.is_dir():
         raise BenchError(f"results directory {results_dir} does not exist")

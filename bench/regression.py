@@ -31,10 +31,12 @@ from bench.analysis.summary import config_diff, shared_config
 from bench.config import CHECK_PARTS as PARTS
 from bench.config import build_config
 from bench.errors import BenchError
+from bench.record import Record
 from bench.paths import GOLDENS_DIR, SPREAD_PATH
 from bench.records import read_json, write_json_atomic
 from bench.runner import run
 from bench.spread import parity_tolerance_db
+from dip.execution import REFERENCE_EXECUTION
 
 
 @dataclass
@@ -68,7 +70,7 @@ def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...]
     overrides = {"run.device": "cpu", **({"run.images": images} if images else {}), **({"run.path": path} if path else {})}
     outcome = run(build_config(profile, overrides), data_dir, results, progress=False)
     if outcome.failures:
-        reasons = "; ".join(f"{r['image']}: {r['reason']}" for r in outcome.failures)
+        reasons = "; ".join(f"{r.image}: {r.reason}" for r in outcome.failures)
         raise CellsFailed(f"{profile}: {len(outcome.failures)} cell(s) failed to train ({reasons})")
     return outcome.records
 
@@ -77,10 +79,10 @@ def fresh_run(part: str, data_dir: Path, work_dir: Path, images: tuple[str, ...]
 # Fingerprint
 
 
-def check_fingerprint(records: list[dict], golden: dict) -> PartResult:
-    config = shared_config(records)
-    if config != golden["config"]:
-        line = f"configuration differs from the golden's in: {', '.join(config_diff(golden['config'], config))}"
+def check_fingerprint(records: list[Record], golden: dict) -> PartResult:
+    config, expected = shared_config(records), check.baseline_config(golden)
+    if config != expected:
+        line = f"configuration differs from the golden's in: {', '.join(config_diff(expected.to_dict(), config.to_dict()))}"
         return PartResult("fingerprint", False, [line], float("inf"), line)
     problems, points = fingerprint.compare_fingerprints(fingerprint.fingerprint(records), golden["fingerprint"],
                                                         golden["tolerance"])
@@ -97,9 +99,9 @@ def check_fingerprint(records: list[dict], golden: dict) -> PartResult:
                       problems[0] if problems else closest.describe())
 
 
-def record_fingerprint(records: list[dict], spread: dict) -> dict:
+def record_fingerprint(records: list[Record], spread: dict) -> dict:
     return {
-        "config": shared_config(records),
+        "config": shared_config(records).to_dict(),
         "fingerprint": fingerprint.fingerprint(records),
         "tolerance": spread["tolerance"]["fingerprint"],
         "tolerance_basis": spread["tolerance"]["fingerprint_basis"],
@@ -111,7 +113,7 @@ def record_fingerprint(records: list[dict], spread: dict) -> dict:
 # Outcome
 
 
-def check_outcome(records: list[dict], golden: dict) -> PartResult:
+def check_outcome(records: list[Record], golden: dict) -> PartResult:
     tol = golden.get("tolerance")
     if tol is None:
         raise BenchError("the outcome baseline has no measured tolerance; re-record it with 'python -m bench check --record'")
@@ -127,7 +129,7 @@ def check_outcome(records: list[dict], golden: dict) -> PartResult:
     image = max(deltas, key=lambda i: abs(deltas[i]))
     image_ratio, mean_ratio = abs(deltas[image]) / tol["per_image_db"], abs(mean) / tol["mean_db"]
     worst = f"mean Δ {mean:+.2f} dB" if mean_ratio >= image_ratio else f"{image}: Δ {deltas[image]:+.2f} dB"
-    summary = (f"outcome: {len(ours)} images after {records[0]['config']['recipe']['iterations']} iterations; "
+    summary = (f"outcome: {len(ours)} images after {records[0].config.recipe.iterations} iterations; "
                f"mean Δ {mean:+.2f} dB (tolerance ±{tol['mean_db']:.2f}), largest image |Δ| {abs(deltas[image]):.2f} dB "
                f"({image}; tolerance ±{tol['per_image_db']:.2f})")
     margin = max(image_ratio, mean_ratio)
@@ -139,7 +141,7 @@ def check_outcome(records: list[dict], golden: dict) -> PartResult:
 PARITY_IMAGE = "house"
 
 
-def add_parity(result: PartResult, fast: list[dict], reference: list[dict], tolerance_db: float) -> PartResult:
+def add_parity(result: PartResult, fast: list[Record], reference: list[Record], tolerance_db: float) -> PartResult:
     """The outcome part with its parity comparison: PARITY_IMAGE's PSNR on the fast path against the reference
     path's, both trained afresh, within ``tolerance_db``. A miss is a FAIL line and fails the part."""
     ours, theirs = check.per_image_psnr(fast)[PARITY_IMAGE], check.per_image_psnr(reference)[PARITY_IMAGE]
@@ -154,7 +156,7 @@ def add_parity(result: PartResult, fast: list[dict], reference: list[dict], tole
                       max(result.margin, ratio), worst, result.notes)
 
 
-def record_outcome(records: list[dict], spread: dict) -> dict:
+def record_outcome(records: list[Record], spread: dict) -> dict:
     return check.make_baseline(records, tolerance=spread["tolerance"]["outcome"])
 
 

@@ -17,7 +17,7 @@ from bench.errors import RunStopped
 from bench.execution import resolve_device
 from bench.plan import Cell, failed_record, is_done, plan_run
 from bench.progress import LOG_EVERY_S, Progress
-from bench.records import read_record
+from bench.records import Record, read_record
 from bench.rundir import try_lock
 from bench.stop import StopRequest
 from bench.train import Session, train_and_write, train_batch_and_write
@@ -25,8 +25,8 @@ from bench.train import Session, train_and_write, train_batch_and_write
 
 @dataclass(frozen=True)
 class RunOutcome:
-    records: list[dict]  # the complete records of the run's cells, in cell order
-    failures: list[dict]  # the failed records of its cells (training diverged beyond repair)
+    records: list[Record]  # the complete records of the run's cells, in cell order
+    failures: list[Record]  # the failed records of its cells (training diverged beyond repair)
 
 
 def collect(cells: list[Cell]) -> RunOutcome:

@@ -96,6 +96,7 @@ class RatioMeasurement:
     reference_precision: str
     fast_precision: str
     authors_s: float | None = None  # the authors' code (bench.authors), when it was timed too
+    fast_winograd: bool = False  # the fast path's 3x3 convolutions by Winograd (dip.winograd)
 
     @property
     def ratio(self) -> float:
@@ -128,6 +129,7 @@ def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, d
         reference_precision=trainers["reference"].config.precision,
         fast_precision=trainers["fast"].config.precision,
         authors_s=statistics.median(samples["authors"]) if authors else None,
+        fast_winograd=trainers["fast"].config.winograd,
     )
 
 

@@ -32,6 +32,7 @@ from bench.analysis import check, fingerprint
 from bench.analysis.check import cpu_kind_label
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
+from bench.record import Record
 from bench.records import load_records, write_json_atomic, write_text_atomic
 
 # name -> environment added to the subprocess. "default" is the machine as it is.
@@ -74,22 +75,22 @@ def measure(out_dir: Path, variants: dict[str, dict[str, str]] = VARIANTS, log=p
     return summarise(fingerprints, smoke, reference, variants)
 
 
-def seed_spread(records: list[dict]) -> tuple[dict[str, float], float]:
+def seed_spread(records: list[Record]) -> tuple[dict[str, float], float]:
     """Per-image sample std of PSNR over seeds, and the std over seeds of the mean over images."""
-    images = sorted({r["image"] for r in records})
-    seeds = sorted({r["seed"] for r in records})
-    psnr = {(r["image"], r["seed"]): r["psnr"] for r in records}
+    images = sorted({r.image for r in records})
+    seeds = sorted({r.seed for r in records})
+    psnr = {(r.image, r.seed): r.psnr for r in records}
     per_image = {i: statistics.stdev([psnr[i, s] for s in seeds]) for i in images}
     per_seed_mean = [statistics.fmean(psnr[i, s] for i in images) for s in seeds]
     return per_image, statistics.stdev(per_seed_mean)
 
 
-def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[dict]], reference: list[dict],
+def summarise(fingerprints: dict[str, dict], smoke: dict[str, list[Record]], reference: list[Record],
               variants: dict[str, dict[str, str]]) -> dict:
     base_fp = fingerprints["default"]
     deviations = {name: fingerprint.deviations(fp, base_fp) for name, fp in fingerprints.items() if name != "default"}
     per_image_std, mean_std = seed_spread(smoke["default"])
-    seed0 = {name: check.per_image_psnr([r for r in records if r["seed"] == 0]) for name, records in smoke.items()}
+    seed0 = {name: check.per_image_psnr([r for r in records if r.seed == 0]) for name, records in smoke.items()}
     seed0["reference-path"] = check.per_image_psnr(reference)
     deltas = {name: {i: psnr[i] - seed0["default"][i] for i in psnr} for name, psnr in seed0.items() if name != "default"}
     largest_image = max(abs(d) for per in deltas.values() for d in per.values())

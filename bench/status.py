@@ -44,9 +44,9 @@ def job_ended(job: dict) -> bool:
 def cell_status(run_dir: RunDir, stem: str, job: dict | None) -> CellStatus:
     record_path = run_dir.record(stem)
     if (record := read_record(record_path, COMPLETE)) is not None:
-        return CellStatus(stem, "done", f"PSNR {record['psnr']:.2f} dB")
+        return CellStatus(stem, "done", f"PSNR {record.psnr:.2f} dB")
     if (failed := read_record(record_path, FAILED)) is not None:
-        return CellStatus(stem, "failed", failed["reason"])
+        return CellStatus(stem, "failed", failed.reason)
     job_note = f" (job {job['job_id']})" if job else ""
     if is_locked(run_dir.lock(stem)):
         return CellStatus(stem, "running", f"training{job_note}")

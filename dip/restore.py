@@ -10,7 +10,8 @@ fail), and the loop's whole state can be checkpointed and resumed. One step of t
 dip.trainer.Trainer; :func:`restore_batch` trains several cells as one batched model (dip.batched).
 
 The recipe's numbers live in :mod:`dip.recipe`; the network is the caller's (e.g.
-``dip.nets.build_network``), handed over as a module or a factory, so this module knows no architecture.
+``dip.nets.build_network``), handed over as a module or a factory, with the shape and distribution of
+its input z (:class:`dip.inputs.NetInput`, the paper's by default), so this module knows no architecture.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from dip.batched import BatchedTrainer
+from dip.inputs import NetInput
 from dip.recipe import DIVERGENCE_POLICIES, CurvePoint, RestoreConfig
 from dip.timing import IterationTimer, TimingSummary
 from dip.trainer import Network, Trainer, to_numpy, to_tensor
@@ -118,6 +120,7 @@ def restore(
     callback: Callable[[int, CurvePoint | None], None] | None = None,
     on_divergence: str = "backtrack",
     checkpointing: Checkpointing | None = None,
+    net_input: NetInput | None = None,
 ) -> RestoreResult:
     """Inpaint ``observed`` (H, W[, C], floats in [0, 1]) where ``mask`` (H, W) is 0.
 
@@ -139,11 +142,13 @@ def restore(
     giving up after :data:`MAX_RESTORES_PER_CHECK` restores of one kept state. ``checkpointing`` saves
     the loop's state every so many iterations and when a stop is requested (then raises :class:`TrainingStopped`), and
     resumes from a saved state: on a CPU the resumed run ends bit-identical to an uninterrupted one.
+    ``net_input``: the shape and distribution of z, for a network that takes another input than the
+    paper's (:meth:`dip.inputs.NetInput.paper`, the default), e.g. a decoder's small code.
     """
     _check_policy(on_divergence)
     device = torch.device(device)
     ckpt = checkpointing or Checkpointing()
-    trainer = Trainer(observed, mask, config, network, seed=seed, device=device)
+    trainer = Trainer(observed, mask, config, network, seed=seed, device=device, net_input=net_input)
     if ckpt.resume is not None:
         trainer.load_state_dict(ckpt.resume["trainer"])
     cell = _CellLoop.start(trainer, config, reference, on_divergence, ckpt.resume, device)
@@ -181,6 +186,7 @@ def restore_batch(
     callbacks: list[Callable[[int, CurvePoint | None], None] | None] | None = None,
     on_divergence: str = "backtrack",
     checkpointing: list[Checkpointing] | None = None,
+    net_input: NetInput | None = None,
 ) -> list[RestoreResult | DivergenceError]:
     """:func:`restore` for K cells of one image size at once, trained as one batched model
     (:class:`dip.batched.BatchedTrainer`); each cell gets what it gets alone, up to rounding.
@@ -191,8 +197,8 @@ def restore_batch(
     in a batch). A cell that diverges beyond repair gets its :class:`DivergenceError` in the returned
     list, its updates stop, and the others go on. One timer times the batched step: each result's
     timing is the whole batch's. Resumed cells must all resume at the same iteration. ``network`` is a
-    factory (called once per cell, right after seeding). A stop request saves every cell that is still
-    training and raises :class:`TrainingStopped`.
+    factory (called once per cell, right after seeding); ``net_input`` is :func:`restore`'s, for every
+    cell. A stop request saves every cell that is still training and raises :class:`TrainingStopped`.
     """
     _check_policy(on_divergence)
     device = torch.device(device)
@@ -206,7 +212,8 @@ def restore_batch(
         raise ValueError(f"batched cells must resume at one iteration, got {sorted(starts)}")
     trainers = []
     for cell_input, ckpt in zip(cells, ckpts):
-        trainer = Trainer(cell_input.observed, cell_input.mask, config, network, seed=cell_input.seed, device=device)
+        trainer = Trainer(cell_input.observed, cell_input.mask, config, network, seed=cell_input.seed, device=device,
+                          net_input=net_input)
         if ckpt.resume is not None:
             trainer.load_state_dict(ckpt.resume["trainer"])
         trainers.append(trainer)

@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dip.graphs import WholeStepGraphs
+from dip.inputs import NetInput
 from dip.recipe import RestoreConfig
 from dip.seeding import seed_everything
+from dip.winograd import use_winograd
 
 # The autocast dtype of each of dip.recipe.PRECISIONS (None: no autocast).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -117,14 +119,15 @@ class Trainer:
     ``optimizer_step()`` applies them. The restoration loop (and the speed benchmark) call the two in
     turn; backtracking runs between them, as in the authors' closure.
 
-    ``network`` maps (1, config.net.in_channels, H, W) to (1, config.net.out_channels, H, W) in (0, 1);
-    whether it takes an H x W input is the caller's to check (e.g. ``dip.nets.check_input_size``). A
-    factory is called right after seeding, so the weights and then z follow from ``seed`` alone; a
-    module keeps the weights the caller drew, and z is drawn right after seeding.
+    ``network`` maps z (``net_input``'s shape; by default the paper's, (1, config.net.in_channels, H, W))
+    to (1, config.net.out_channels, H, W); whether it takes that input and gives an H x W output is the
+    caller's to check (e.g. ``dip.nets.check_input_size``). A factory is called right after seeding, so
+    the weights and then z follow from ``seed`` alone; a module keeps the weights the caller drew, and z
+    is drawn right after seeding.
     """
 
     def __init__(self, observed: np.ndarray, mask: np.ndarray, config: RestoreConfig, network: Network, *, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, net_input: NetInput | None = None) -> None:
         self.config = config
         self.device = device
         height, width = mask.shape
@@ -136,19 +139,22 @@ class Trainer:
         check_device(config, device)
         # (TF32 and cuDNN autotuning are set around each step, by step_context, not here for the process.)
 
+        spec = net_input or NetInput.paper(config, height, width)
         # Draw everything random on the CPU generator first: same weights and z on any device.
         seed_everything(seed)
         net = network if isinstance(network, torch.nn.Module) else network()  # a factory draws its weights here
-        z = torch.rand(1, config.net.in_channels, height, width) * config.input_scale  # (1, 32, H, W)
+        draw = torch.rand if spec.distribution == "uniform" else torch.randn
+        z = draw(*spec.shape) * spec.scale  # (1, 32, H, W) for the paper's network
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=memory_format).train()
+        use_winograd(self.net, config.winograd)  # (the 3x3 convs of dip's networks; others stay direct)
         self.z = z.to(device).contiguous(memory_format=memory_format)
         self.noise_gen = torch.Generator(device=device).manual_seed(seed)
         # Reused every step, and always drawn in the reference (NCHW) layout: normal_ fills memory in
         # order, so a channels_last buffer would give element (c, y, x) another draw than the reference
         # path does, and the paths would see different noise for one seed (measured: PSNR curves up to
         # 1.2 dB apart, where rounding moves them 1e-3 dB). The add into net_input converts the layout.
-        self.noise_buffer = torch.empty(1, config.net.in_channels, height, width, device=device)  # (1, 32, H, W)
+        self.noise_buffer = torch.empty(*spec.shape, device=device)  # z's shape
         # Likewise: z + std * noise is written into it ("fixed"), or it is the walking z ("cumulative").
         self.net_input = self.z.clone() if config.input_noise == "cumulative" else torch.empty_like(self.z)
         self.steps = 0

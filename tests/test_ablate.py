@@ -15,7 +15,7 @@ from bench.analysis.ablations import (
 )
 from bench.errors import BenchError
 from bench.records import read_record
-from tests.test_report import fixture_record
+from tests.test_report import fixture_record, typed
 
 
 def fixture_run(offset: float, ms: float = 90.0) -> list[dict]:
@@ -32,6 +32,7 @@ def test_paired_deltas_and_effect_statistics():
     base = fixture_run(0.0)
     better = fixture_run(1.0, ms=45.0)
     better[0]["psnr"] += 0.6  # house seed 0: +1.6 instead of +1.0
+    better, base = typed(better), typed(base)
     deltas = paired_deltas(better, base)
     assert sorted(deltas.round(6)) == [1.0] * 5 + [1.6]
     e = effect(better, base)
@@ -47,7 +48,7 @@ def test_paired_deltas_and_effect_statistics():
 def test_baseline_without_a_cell_is_an_error():
     base = fixture_run(0.0)[1:]
     with pytest.raises(BenchError, match="baseline has no cell for house seed 0"):
-        paired_deltas(fixture_run(0.5), base)
+        paired_deltas(typed(fixture_run(0.5)), typed(base))
 
 
 def test_reading_separates_effects_from_seed_noise():
@@ -55,7 +56,8 @@ def test_reading_separates_effects_from_seed_noise():
     noisy = fixture_run(0.0, ms=180.0)
     for record, sign in zip(noisy, (1, -1, 1, -1, 1, -1)):
         record["psnr"] += sign * 0.3
-    text = reading({BASELINE: effect(base, base), "worse": effect(fixture_run(-2.0), base), "noisy": effect(noisy, base)})
+    base, noisy = typed(base), typed(noisy)
+    text = reading({BASELINE: effect(base, base), "worse": effect(typed(fixture_run(-2.0)), base), "noisy": effect(noisy, base)})
     assert "*worse* lowers PSNR by 2.00 dB" in text and "higher in 0 of 6 paired cells" in text
     assert "*noisy* changes PSNR by +0.00 dB, within twice its standard error" in text
     assert "at 2.00x the baseline's time per iteration" in text
@@ -66,7 +68,7 @@ def test_report_table_names_what_each_variant_changes():
     lr = copy.deepcopy(fixture_run(-1.0))
     for record in lr:
         record["config"]["recipe"]["lr"] = 0.01
-    text = render_ablations({BASELINE: base, "lr-1e-2": lr})
+    text = render_ablations({BASELINE: typed(base), "lr-1e-2": typed(lr)})
     row = next(line for line in text.splitlines() if line.startswith("| lr-1e-2"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1] == "recipe.lr" and cells[3] == "-1.00 ± 0.00" and cells[4] == "0/6" and cells[7] == "1.00x"
@@ -96,5 +98,5 @@ def test_tiny_sweep_reuses_the_profiles_own_baseline_cells(tmp_path, data_dir):
     assert read_record(tmp_path / "ablate" / "smoke-paper" / "house_seed0.json") == own
     assert (tmp_path / "ablate" / "smoke-paper" / "panels" / "house_seed0.png").is_file()
     (nearest,) = results["upsample-nearest"]
-    assert nearest["config"]["recipe"]["net"]["upsample_mode"] == "nearest"
+    assert nearest.config.recipe.net.upsample_mode == "nearest"
     assert "upsample-nearest" in render_ablations(results)

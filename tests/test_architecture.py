@@ -54,3 +54,31 @@ def test_no_file_cites_outside_the_repository():
     hits = [f"{p.relative_to(REPO)}: {needle}" for p in files for needle in outside
             if needle in p.read_text(errors="replace") and p.name != "test_architecture.py"]
     assert hits == []
+
+
+# Keys only a record has (not a summary frame's columns, nor a baseline's): an analysis module that
+# subscripts one of them is reading a raw record dict instead of bench.record.Record.
+RECORD_ONLY_KEYS = {"provenance", "timing", "curve", "reference_psnr", "status", "schema", "divergences", "panel",
+                    "started", "full_size", "psnr_masked_input", "median_ms_per_iter"}
+
+
+def _record_parameters(tree: ast.AST) -> list[tuple[str, str, str]]:
+    """(function, parameter, annotation) of every parameter named like records."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            for arg in node.args.args + node.args.kwonlyargs:
+                if arg.arg in ("record", "records", "failures"):
+                    found.append((node.name, arg.arg, ast.unparse(arg.annotation) if arg.annotation else ""))
+    return found
+
+
+@pytest.mark.parametrize("module", ANALYSIS_MODULES)
+def test_analysis_reads_records_only_through_the_typed_record(module):
+    path = REPO / Path(*module.split(".")).with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    raw = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Subscript)
+           and isinstance(n.slice, ast.Constant) and n.slice.value in RECORD_ONLY_KEYS]
+    assert raw == []
+    untyped = [(f, p, a) for f, p, a in _record_parameters(tree) if "Record" not in a and "DataFrame" not in a]
+    assert untyped == []

@@ -28,24 +28,25 @@ SMALL = {"run.device": "cpu", "run.precision": "fp32", "run.images": ("house", "
 def alone(data_dir, tmp_path_factory) -> dict[str, dict]:
     """The records of the same cells trained one at a time."""
     outcome = run(build_config("smoke", SMALL), data_dir, tmp_path_factory.mktemp("alone"), progress=False)
-    return {f"{r['image']}_seed{r['seed']}": r for r in outcome.records}
+    return {f"{r.image}_seed{r.seed}": r for r in outcome.records}
 
 
 def test_cells_train_in_batches_with_their_own_seeds_and_masks(alone, data_dir, tmp_path):
     config = build_config("smoke", {**SMALL, "run.cells_per_gpu": 3})
     outcome = run(config, data_dir, tmp_path, progress=False)
-    records = {f"{r['image']}_seed{r['seed']}": r for r in outcome.records}
+    records = {f"{r.image}_seed{r.seed}": r for r in outcome.records}
     first_three = ["house_seed0", "house_seed1", "cman_seed0"]
-    assert [r["batch"] for r in outcome.records] == [first_three] * 3 + [["cman_seed1"]]
+    assert [r.batch for r in outcome.records] == [tuple(first_three)] * 3 + [("cman_seed1",)]
     for stem, record in records.items():
         single = alone[stem]
-        assert record["config"]["cells_per_gpu"] == 3 and "cells_per_gpu" not in single["config"]
-        assert record["mask_sha256"] == single["mask_sha256"]
+        assert record.config.cells_per_gpu == 3 and single.config.cells_per_gpu == 1
+        assert "cells_per_gpu" not in single.config.to_dict()  # as records before batching existed
+        assert record.mask_sha256 == single.mask_sha256
         # iteration 0 is before any update: the same weights, z and noise as alone, up to the grouped rounding
-        assert record["curve"][0]["loss"] == pytest.approx(single["curve"][0]["loss"], rel=1e-5)
-        assert [p["iteration"] for p in record["curve"]] == [0, 4, 8, 11]
-        assert record["psnr"] == pytest.approx(single["psnr"], abs=0.3)  # measured: 0.09 dB apart at most
-    assert records["house_seed0"]["curve"][0]["loss"] != records["house_seed1"]["curve"][0]["loss"]
+        assert record.curve[0].loss == pytest.approx(single.curve[0].loss, rel=1e-5)
+        assert [p.iteration for p in record.curve] == [0, 4, 8, 11]
+        assert record.psnr == pytest.approx(single.psnr, abs=0.3)  # measured: 0.09 dB apart at most
+    assert records["house_seed0"].curve[0].loss != records["house_seed1"].curve[0].loss
     assert "up to 3 cells trained at once as one batched model" in render(outcome.records)
 
 
@@ -78,7 +79,7 @@ def test_a_stopped_batch_resumes_from_its_checkpoints_to_the_same_records(data_d
     monkeypatch.setattr(BatchedTrainer, "forward_backward", forward_backward)
     resumed = run(config, data_dir, results, progress=False).records
     for r, w in zip(resumed, whole):
-        assert r["resumed_at"] == [5] and r["psnr"] == w["psnr"] and r["curve"] == w["curve"]
+        assert r.resumed_at == (5,) and r.psnr == w.psnr and r.curve == w.curve
     assert not list((results / "checkpoints").iterdir())
     assert json.loads((results / "house_seed0.json").read_text())["batch"] == ["house_seed0", "cman_seed0"]
 

@@ -27,7 +27,7 @@ from bench.records import read_json
 from bench.speed import RatioMeasurement
 from bench.spread import render_spread
 from tests.conftest import REPO_ROOT
-from tests.test_report import RECORDS
+from tests.test_report import RECORDS, typed
 
 TINY_RUN = ["run", "--profile", "smoke", "--device", "cpu", "--images", "house", "--iterations", "2",
             "--channels-down", "8", "--channels-up", "8", "--no-progress"]
@@ -123,13 +123,13 @@ def test_min_ratio_overrides_the_gate_and_bad_sizes_are_refused(monkeypatch, cap
 @pytest.fixture
 def outcome_records(monkeypatch) -> list[dict]:
     """The check's fresh run replaced by fixed records (House, Barbara and C.man of the report fixture);
-    mutate the list to change what the next check sees."""
+    mutate the list (JSON dicts) to change what the next check sees."""
     records = [dict(r) for r in RECORDS]
 
     def fresh_run(part, data_dir, work_dir, images=(), path=None):
         assert part == "outcome" and (images, path) in [((), None), (("house",), "reference")]
         # the reference path's House: the fast path's mean House PSNR (30.5), so the parity Δ is 0
-        return [dict(r) for r in records] if path is None else [{**RECORDS[0], "psnr": 30.5}]
+        return typed(records) if path is None else typed([{**RECORDS[0], "psnr": 30.5}])
 
     monkeypatch.setattr(bench.regression, "fresh_run", fresh_run)
     return records

@@ -6,7 +6,7 @@ from bench.checkpoints import save_checkpoint
 from bench.coverage import coverage
 from bench.records import write_json_atomic
 from bench.rundir import RunDir
-from tests.test_report import fixture_record, paper_budget
+from tests.test_report import fixture_record, paper_budget, typed
 
 
 def paper_records() -> list[dict]:
@@ -20,8 +20,8 @@ def test_done_stopped_and_missing_cells_with_the_cost_left(tmp_path):
     run_dir = RunDir(tmp_path)
     for r in records:
         write_json_atomic(run_dir.record(f"{r['image']}_seed0"), r)
-    save_checkpoint(run_dir.checkpoint("peppers_seed0"), {}, {"loop": {"next_iteration": 2750}})
-    rows = {r["name"]: r for r in coverage(tmp_path, records)}
+    save_checkpoint(run_dir.checkpoint("peppers_seed0"), typed(records)[0].config, {"loop": {"next_iteration": 2750}})
+    rows = {r["name"]: r for r in coverage(tmp_path, typed(records))}
     assert len(rows) == 11
     assert rows["House"]["state"] == "done" and rows["House"]["psnr"] == 32.5 and rows["House"]["iteration"] == 11000
     # 8250 iterations left at the median of the two 256x256 records (500 ms/iter)
@@ -40,4 +40,4 @@ def test_done_stopped_and_missing_cells_with_the_cost_left(tmp_path):
 
 
 def test_the_report_shows_coverage_only_when_given():
-    assert "Coverage of Table 1" not in render(paper_records())
+    assert "Coverage of Table 1" not in render(typed(paper_records()))

@@ -14,6 +14,7 @@ import pytest
 
 from bench.analysis.docs_tables import END, START, current_block, defaults_block, replace_block
 from bench.cli import build_parser, main
+from bench.methods import REGISTERED
 from bench.config import PROFILES
 from bench.errors import BenchError
 
@@ -51,9 +52,15 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 @cache
 def options(command: str | None = None) -> dict[str, argparse.Action]:
-    """Option string -> action, of one subcommand or (None) of all of them."""
+    """Option string -> action, of one subcommand or (None) of all of them; run's include the fields of every
+    registered method (each a flag of `run --method NAME`)."""
     commands = subcommands() if command is None else {command: subcommands()[command]}
-    return {o: a for sub in commands.values() for a in sub._actions for o in a.option_strings}
+    found = {o: a for sub in commands.values() for a in sub._actions for o in a.option_strings}
+    if command in (None, "run"):
+        for method in REGISTERED:
+            (action,) = [a for a in build_parser(method)._actions if isinstance(a, argparse._SubParsersAction)]
+            found |= {o: a for a in action.choices["run"]._actions for o in a.option_strings if o not in found}
+    return found
 
 
 @cache

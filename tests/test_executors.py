@@ -24,6 +24,7 @@ from bench.executors.options import ExecutorOptions
 from bench.rundir import RunDir, try_lock
 from dip.trainer import Trainer
 from tests.conftest import REPO_ROOT
+from tests.test_report import fixture_record, typed
 
 RESULT_FIELDS = ("psnr", "psnr_pasted", "final_loss", "curve", "mask_sha256", "config")
 
@@ -173,7 +174,8 @@ def test_status_and_report_with_failed_running_stopped_pending_and_missing_cells
     manifest = json.loads((jobs / "submitted.json").read_text())
     manifest["planned"] = ["barbara_seed0", "boat_seed0", "cman_seed0", "hill_seed0", "house_seed0", "man_seed0", "peppers_seed0"]
     (jobs / "submitted.json").write_text(json.dumps(manifest))
-    save_checkpoint(results / "checkpoints" / "cman_seed0.pt", {}, {"loop": {"next_iteration": 1200}})
+    config = typed([fixture_record("cman", 0, 0.0)])[0].config  # not read back: status reads the iteration only
+    save_checkpoint(results / "checkpoints" / "cman_seed0.pt", config, {"loop": {"next_iteration": 1200}})
     capsys.readouterr()
     with try_lock(RunDir(results).lock("boat_seed0")) as held:  # another process trains boat
         assert held

@@ -7,6 +7,7 @@ from PIL import Image
 from bench.analysis.figures import plot_curves, plot_vs_reference
 from bench.analysis.summary import summarise
 from bench.panels import ERROR_GAIN, PANEL_GAP, PANEL_LABEL_HEIGHT, panel, write_panel
+from bench.record import Record
 from tests.test_report import fixture_record
 
 
@@ -45,7 +46,7 @@ def curve_record(image, seed, psnr):
     record["curve"] = [{"iteration": i, "loss": 0.01, "psnr_masked": 20.0, "psnr": psnr - 5 + i / 100, "psnr_ema": psnr - 6 + i / 100}
                        for i in (0, 50, 100)]
     record["reference_psnr"] = {"interp_linear": psnr - 1, "interp_nearest": psnr - 3}
-    return record
+    return Record.from_dict(record)
 
 
 def test_plots_are_written_with_their_figure_size(tmp_path):

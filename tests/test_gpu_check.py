@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bench.errors import BenchError
+from bench.record import Record
 from bench.gpu_check import (
     PARTS,
     CheckPlan,
@@ -20,7 +21,7 @@ from bench.gpu_check import (
     summary_lines,
 )
 from tests.conftest import REPO_ROOT
-from tests.test_report import fixture_record
+from tests.test_report import fixture_record, typed
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 
@@ -35,15 +36,15 @@ def test_refuses_cleanly_without_a_gpu():
     assert done.stderr.count("\n") == 1 and "gpu-check needs a CUDA GPU" in done.stderr and "Traceback" not in done.stderr
 
 
-def cuda_records(*psnrs: float) -> list[dict]:
+def cuda_records(*psnrs: float) -> list[Record]:
     records = [fixture_record(image, 0, psnr) for image, psnr in zip(("house", "cman", "peppers"), psnrs)]
     for record in records:
         record["config"]["device"] = "cuda"
-    return records
+    return typed(records)
 
 
 def baseline(*psnrs: float) -> dict:
-    config = {k: v for k, v in fixture_record("house", 0, 0.0)["config"].items() if k not in ("image", "seed")}
+    config = typed([fixture_record("house", 0, 0.0)])[0].config.shared().to_dict()
     return {"config": config, "psnr": dict(zip(("house", "cman", "peppers"), psnrs)),
             "tolerance": {"per_image_db": 1.0, "mean_db": 0.5}}
 
@@ -153,4 +154,4 @@ def test_each_check_trains_afresh_instead_of_reusing_an_earlier_checks_records(t
     stale["psnr"] = 99.0  # what an earlier commit's check left behind
     (results / "house_seed0.json").write_text(json.dumps(stale))
     (again,) = smoke_records(TINY_CPU_PLAN, data_dir, results)
-    assert again["psnr"] != 99.0 and again["psnr"] == pytest.approx(first["psnr"], abs=1e-6)
+    assert again.psnr != 99.0 and again.psnr == pytest.approx(first.psnr, abs=1e-6)

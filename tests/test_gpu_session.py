@@ -172,7 +172,7 @@ def test_a_kill_during_the_table_leaves_an_archive_with_the_cells_finished(fixtu
     written before a kill is in it, though the session never reached its end."""
     def one_cell_then_killed(config, data, results_dir, stop, log_every):
         results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / "house_seed0.json").write_text(json.dumps(cuda_records(30.0)[0]))
+        (results_dir / "house_seed0.json").write_text(json.dumps(cuda_records(30.0)[0].to_dict()))
         time.sleep(2.5)
         raise KeyboardInterrupt
     monkeypatch.setattr(gs, "run_until", one_cell_then_killed)

@@ -9,6 +9,8 @@ import bench.train
 from bench.analysis.report import render
 from bench.config import build_config
 from bench.estimate import estimate_seconds, measure_ms_per_iter
+from bench.errors import BenchError
+from bench.record import MethodSpec, Record
 from bench.records import load_records, read_record
 from bench.runner import run
 from dip.nets.config import SkipNetConfig
@@ -24,21 +26,22 @@ TINY = {"run.device": "cpu", "run.images": ("house",), "run.crop": 64, "recipe.i
 def test_record_has_results_timing_config_and_provenance(tmp_path, data_dir):
     config = build_config("smoke", TINY)
     (record,) = run(config, data_dir, tmp_path, progress=False).records
-    assert record == json.loads((tmp_path / "house_seed0.json").read_text())
-    assert record["status"] == "complete" and record["image"] == "house" and record["seed"] == 0
-    assert record["size"] == [64, 64] and record["full_size"] == [256, 256]
-    assert record["psnr"] > record["psnr_masked_input"]
-    assert [p["iteration"] for p in record["curve"]] == [0, 4, 8, 11]
-    assert record["timing"]["timed_iterations"] + record["timing"]["warmup_iterations"] == 12
-    assert record["gflop_per_iter"] == pytest.approx(7.182319616)
-    assert record["gflops_achieved"] > 0 and record["peak_memory_bytes"] > 0
-    assert abs(record["keep_fraction"] - 0.5) < 0.05 and len(record["mask_sha256"]) == 64
-    ref = record["reference_psnr"]
-    assert ref["interp_linear"] > record["psnr_masked_input"] + 10
-    assert ref["deep_prior_published"] > ref["interp_nearest"]
-    assert record["config"]["recipe"]["iterations"] == 12 and record["config"]["recipe"]["precision"] in ("fp32", "bf16")
-    prov = record["provenance"]
-    assert {"commit", "dirty", "torch", "device_name", "cpu_model", "torch_threads"} <= prov.keys()
+    assert record == Record.from_dict(json.loads((tmp_path / "house_seed0.json").read_text()))
+    assert record.status == "complete" and record.image == "house" and record.seed == 0
+    assert record.size == (64, 64) and record.full_size == (256, 256)
+    assert record.psnr > record.psnr_masked_input
+    assert [p.iteration for p in record.curve] == [0, 4, 8, 11]
+    assert record.timing.timed_iterations + record.timing.warmup_iterations == 12
+    assert record.gflop_per_iter == pytest.approx(7.182319616)
+    assert record.gflops_achieved > 0 and record.peak_memory_bytes > 0
+    assert abs(record.keep_fraction - 0.5) < 0.05 and len(record.mask_sha256) == 64
+    ref = record.reference_psnr
+    assert ref.interp_linear > record.psnr_masked_input + 10
+    assert ref.deep_prior_published > ref.interp_nearest
+    assert record.config.recipe.iterations == 12 and record.config.recipe.precision in ("fp32", "bf16")
+    prov = record.provenance
+    assert None not in (prov.commit, prov.dirty, prov.torch, prov.device_name, prov.cpu_model, prov.torch_threads)
+    assert record.config.method == MethodSpec("dip-bench", {})  # schema 2: the method, in every record
 
 
 def test_rerun_skips_complete_records_and_reruns_changed_ones(tmp_path, data_dir, capsys):
@@ -51,13 +54,16 @@ def test_rerun_skips_complete_records_and_reruns_changed_ones(tmp_path, data_dir
     assert "1 of 1 cells already have complete records" in capsys.readouterr().out
     changed = build_config("smoke", {**TINY, "recipe.iterations": 8})
     run(changed, data_dir, tmp_path, progress=False)
-    assert read_record(path)["config"]["recipe"]["iterations"] == 8
+    assert read_record(path).config.recipe.iterations == 8
 
 
-def test_half_written_record_is_not_taken_as_done(tmp_path, data_dir):
+def test_half_written_record_stops_the_run_in_one_line(tmp_path, data_dir):
+    """Never taken as done, nor overwritten: a file that is not a record is the user's to look at (records are
+    written atomically, so dip-bench itself never leaves one half-written)."""
     (tmp_path / "house_seed0.json").write_text('{"schema": 1, "status": "comp')
-    (record,) = run(build_config("smoke", TINY), data_dir, tmp_path, progress=False).records
-    assert record["status"] == "complete"
+    with pytest.raises(BenchError, match="house_seed0.json is not valid JSON"):
+        run(build_config("smoke", TINY), data_dir, tmp_path, progress=False)
+    assert (tmp_path / "house_seed0.json").read_text() == '{"schema": 1, "status": "comp'
 
 
 def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_dir, monkeypatch):
@@ -71,10 +77,10 @@ def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_d
     monkeypatch.setattr(bench.train, "restore", diverge_on_house)
     config = build_config("smoke", {**TINY, "run.images": ("house", "cman"), "run.on_divergence": "fail"})
     outcome = run(config, data_dir, tmp_path, progress=False)
-    assert [r["image"] for r in outcome.records] == ["cman"]
+    assert [r.image for r in outcome.records] == ["cman"]
     (failed,) = outcome.failures
-    assert failed["status"] == "failed" and failed["reason"] == "training diverged: non-finite loss at iteration 7"
-    assert failed["on_divergence"] == "fail" and failed["config"]["image"] == "house"
+    assert failed.status == "failed" and failed.reason == "training diverged: non-finite loss at iteration 7"
+    assert failed.on_divergence == "fail" and failed.config.image == "house"
     assert read_record(tmp_path / "house_seed0.json") is None  # never taken for a result
     assert load_records(tmp_path) == outcome.records
     text = render(outcome.records, failures=outcome.failures)
@@ -82,14 +88,14 @@ def test_a_failed_cell_gets_a_failed_record_and_the_run_goes_on(tmp_path, data_d
     # the next run of the same command tries the failed cell again (and only it)
     monkeypatch.setattr(bench.train, "restore", real)
     again = run(config, data_dir, tmp_path, progress=False)
-    assert [r["image"] for r in again.records] == ["house", "cman"] and again.failures == []
+    assert [r.image for r in again.records] == ["house", "cman"] and again.failures == []
 
 
 def test_paper_mask_option_uses_the_published_mask(tmp_path, data_dir):
     (a,) = run(build_config("smoke", {**TINY, "run.mask": "paper", "recipe.iterations": 2}), data_dir, tmp_path / "a", progress=False).records
     (b,) = run(build_config("smoke", {**TINY, "recipe.iterations": 2}), data_dir, tmp_path / "b", progress=False).records
-    assert a["mask_sha256"] != b["mask_sha256"]
-    assert a["config"]["mask"] == "paper" and "keep" not in a["config"]
+    assert a.mask_sha256 != b.mask_sha256
+    assert a.config.mask == "paper" and a.config.keep is None
 
 
 def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
@@ -97,11 +103,11 @@ def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, dat
     short = build_config("smoke", {"run.device": "cpu", "recipe.iterations": 40, "run.images": ("house", "cman")})
     first = run(short, data_dir, tmp_path / "first", progress=False).records
     second = run(short, data_dir, tmp_path / "second", progress=False).records
-    assert [r["image"] for r in first] == ["house", "cman"]
+    assert [r.image for r in first] == ["house", "cman"]
     for a, b in zip(first, second):
-        assert (a["psnr"], a["psnr_pasted"], a["final_loss"]) == (b["psnr"], b["psnr_pasted"], b["final_loss"])
+        assert (a.psnr, a.psnr_pasted, a.final_loss) == (b.psnr, b.psnr_pasted, b.final_loss)
         # measured after 40 steps: +15.9 (House), +6.8 dB (C.man; +6.5 in bf16)
-        assert a["psnr"] > a["psnr_masked_input"] + 5
+        assert a.psnr > a.psnr_masked_input + 5
 
 
 def test_estimate_multiplies_measured_times_by_the_work():
@@ -137,12 +143,13 @@ def test_own_image_file_runs_the_same_protocol(channels, tmp_path, data_dir, cap
                  "--results-dir", str(results), "--no-progress"])
     assert code == 0
     record = read_record(results / "file-my-photo_seed0.json")
-    assert record["name"] == "My Photo.png" and record["size"] == [64, 64]
-    assert record["config"]["file"] == str(path.resolve()) and len(record["config"]["file_sha256"]) == 64
-    assert record["config"]["recipe"]["net"]["out_channels"] == channels
-    assert set(record["reference_psnr"]) == {"interp_nearest", "interp_linear"}  # no published outputs
-    assert record["psnr"] > record["psnr_masked_input"]
-    with Image.open(results / record["panel"]) as panel:
+    assert record.name == "My Photo.png" and record.size == (64, 64)
+    assert record.config.file == str(path.resolve()) and len(record.config.file_sha256) == 64
+    assert record.config.recipe.net.out_channels == channels
+    ref = record.reference_psnr
+    assert ref.deep_prior_published is ref.papyan_published is None and ref.interp_linear  # no published outputs
+    assert record.psnr > record.psnr_masked_input
+    with Image.open(results / record.panel) as panel:
         assert panel.size == (4 * 64 + 3 * PANEL_GAP, PANEL_LABEL_HEIGHT + 64)
         assert panel.mode == ("L" if channels == 1 else "RGB")
     report = (results / "report.md").read_text(encoding="utf-8")

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bench.cli import main
+from bench.record import Record
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -40,16 +41,16 @@ def run_main(argv: list[str]) -> tuple[int, str]:
 
 
 def check_outcome(code: int, err: str, results: Path) -> None:
-    records = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))] if results.is_dir() else []
+    records = [Record.from_dict(json.loads(p.read_text())) for p in sorted(results.glob("*.json"))] if results.is_dir() else []
     lines = err.strip().splitlines()
     event(f"exit {code}")  # the spread of outcomes, in --hypothesis-show-statistics
     assert "Traceback" not in err
     assert not list(results.rglob("*.tmp")) if results.is_dir() else True
     if code == 0:
-        assert records and all(r["status"] == "complete" and math.isfinite(r["psnr"]) for r in records)
+        assert records and all(r.status == "complete" and math.isfinite(r.psnr) for r in records)
         assert (results / "report.md").is_file()
     elif code == 1:  # real divergence under the drawn recipe: each cell has a record, complete or failed
-        assert records and all(r["status"] in ("complete", "failed") for r in records)
+        assert records and all(r.status in ("complete", "failed") for r in records)
         assert lines[-1].startswith("error: ") and "failed" in lines[-1]
     else:
         assert code == 2, err
@@ -153,7 +154,7 @@ def test_a_valid_command_line_runs_and_writes_its_record(values, data_dir):
         assert (net["upsample_mode"], net["padding"], net["layout"]) == (
             values["--upsample-mode"], values["--padding"], values["--layout"])
         assert net["negative_slope"] == float(values["--negative-slope"]) and net["channels_down"] == 8
-        assert (record["psnr_ema"] is None) == (values["--ema-decay"] == "0")
+        assert (record.get("psnr_ema") is None) == (values["--ema-decay"] == "0")  # None is left out
         assert record["curve"][-1]["iteration"] == int(values["--iterations"]) - 1
 
 
@@ -243,7 +244,7 @@ def test_any_image_file_gives_a_run_or_a_clean_error(kind, mode, height, width, 
         fits = min(height, width) >= int(crop) and all(side % 32 == 0 and side >= 64 for side in trained)
         if kind == "image" and fits and not constant:
             assert code == 0, err  # a readable, varied image of a size the network takes must run
-            (record,) = [json.loads(p.read_text()) for p in results.glob("*.json")]
-            assert record["size"] == list(trained)
+            (record,) = [Record.from_dict(json.loads(p.read_text())) for p in results.glob("*.json")]
+            assert record.size == trained
         elif kind != "image":
             assert code == 2 and "not a readable image" in err

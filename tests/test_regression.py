@@ -1,6 +1,7 @@
 """The regression check: fingerprint and outcome comparisons, tolerances, and the mutation suite's power."""
 
 import ast
+import dataclasses
 import json
 import math
 import subprocess
@@ -12,6 +13,7 @@ import bench.execution
 import bench.regression
 from bench.analysis import fingerprint as fp
 from bench.analysis.check import compare, execution_note, make_baseline
+from bench.analysis.summary import shared_config
 from bench.data import REPO_ROOT
 from bench.errors import BenchError
 from bench.execution import cpu_has_fast_bf16, onednn_isa_cap
@@ -19,15 +21,18 @@ from bench.mutations import BLIND_SPOTS, MUTATIONS, _caught, _cell, mutated_tree
 from bench.paths import SPREAD_PATH
 from bench.regression import PARITY_IMAGE, PartResult, add_parity, check_fingerprint
 from bench.spread import parity_tolerance_db
-from tests.test_report import fixture_record
+from bench.record import Record
+from tests.test_report import fixture_record, typed
 
 
-def fingerprint_record(image: str, losses: list[float], mask: str = "ab" * 32) -> dict:
+def fingerprint_record(image: str, losses: list[float], mask: str = "ab" * 32) -> Record:
     """A record of a 3-iteration fingerprint run: curve losses given, PSNRs derived from them."""
     curve = [{"iteration": i, "loss": loss, "psnr_masked": 0.0, "psnr": 20.0 + i, "psnr_ema": 19.0 + i}
              for i, loss in enumerate(losses)]
-    return {"image": image, "curve": curve, "mask_sha256": mask, "psnr": 23.0, "psnr_pasted": 25.0, "psnr_ema": 22.0,
-            "psnr_masked_input": 8.0, "reference_psnr": {"interp_nearest": 24.0, "interp_linear": 26.0}}
+    record = fixture_record(image, 0, 23.0) | {
+        "curve": curve, "mask_sha256": mask, "psnr_pasted": 25.0, "psnr_ema": 22.0, "psnr_masked_input": 8.0,
+        "reference_psnr": {"interp_nearest": 24.0, "interp_linear": 26.0}}
+    return Record.from_dict(record)
 
 
 def test_image_fingerprint_is_every_series_in_db():
@@ -40,7 +45,7 @@ def test_image_fingerprint_is_every_series_in_db():
 
 def test_a_fingerprint_needs_a_point_at_every_iteration():
     record = fingerprint_record("house", [0.1, 0.01, 0.001])
-    record["curve"] = record["curve"][::2]
+    record = dataclasses.replace(record, curve=record.curve[::2])
     with pytest.raises(ValueError, match="eval_every 1"):
         fp.image_fingerprint(record)
 
@@ -65,17 +70,16 @@ def test_deviations_are_the_largest_over_images():
     assert dev["psnr"] == [0.0, 0.0] and dev["static"] == [0.0, 0.0, 0.0]
 
 
-def _golden(records: list[dict], tol: float = 1e-3) -> dict:
+def _golden(records: list[Record], tol: float = 1e-3) -> dict:
     prints = fp.fingerprint(records)
     first = next(iter(prints.values()))
-    return {"config": {"profile": "fingerprint", "recipe": {"lr": 1e-6}}, "fingerprint": prints,
+    return {"config": shared_config(_with_config(records)).to_dict(), "fingerprint": prints,
             "tolerance": {name: [tol] * len(first[name]) for name in fp.SERIES}}
 
 
-def _with_config(records: list[dict], lr: float = 1e-6) -> list[dict]:
-    for r in records:
-        r["config"] = {"profile": "fingerprint", "image": r["image"], "seed": 0, "recipe": {"lr": lr}}
-    return records
+def _with_config(records: list[Record], lr: float = 1e-6) -> list[Record]:
+    return [dataclasses.replace(r, config=dataclasses.replace(r.config, recipe=dataclasses.replace(r.config.recipe, lr=lr)))
+            for r in records]
 
 
 def test_fingerprint_check_passes_within_tolerance_and_names_the_point_outside():
@@ -99,26 +103,38 @@ def test_fingerprint_check_fails_a_nan_another_mask_or_another_configuration():
     assert config.to_dict()["margin"] is None  # JSON has no infinity
 
 
+def test_a_golden_older_than_an_execution_field_ran_it_at_its_reference_value():
+    """A golden recorded before ``winograd`` existed reads it at its default, the reference value (the typed
+    record fills a missing field with the dataclass default)."""
+    golden = _golden([fingerprint_record("house", [0.1, 0.01, 0.001])])
+    del golden["config"]["recipe"]["winograd"]
+    records = _with_config([fingerprint_record("house", [0.1, 0.01, 0.001])])
+    assert check_fingerprint(records, golden).ok
+    switched = [dataclasses.replace(r, config=dataclasses.replace(
+        r.config, recipe=dataclasses.replace(r.config.recipe, winograd=True))) for r in records]
+    assert check_fingerprint(switched, golden).lines == ["configuration differs from the golden's in: recipe.winograd"]
+
+
 def test_outcome_check_has_a_per_image_and_a_mean_tolerance():
     records = [fixture_record("house", 0, 30.0), fixture_record("cman", 0, 25.0), fixture_record("lena", 0, 28.0)]
-    baseline = make_baseline(records, tolerance={"per_image_db": 1.0, "mean_db": 0.5, "basis": "test"})
+    baseline = make_baseline(typed(records), tolerance={"per_image_db": 1.0, "mean_db": 0.5, "basis": "test"})
     assert baseline["tolerance"]["mean_db"] == 0.5
     shifted = [fixture_record("house", 0, 30.9), fixture_record("cman", 0, 25.9), fixture_record("lena", 0, 27.9)]
-    assert compare(shifted, baseline, 1.0) == []  # each image within 1 dB
-    assert compare(shifted, baseline, 1.0, 0.5) == ["mean over 3 images: Δ +0.57 dB vs baseline (tolerance ±0.5)"]
+    assert compare(typed(shifted), baseline, 1.0) == []  # each image within 1 dB
+    assert compare(typed(shifted), baseline, 1.0, 0.5) == ["mean over 3 images: Δ +0.57 dB vs baseline (tolerance ±0.5)"]
     nan = [fixture_record("house", 0, math.nan)] + records[1:]
-    assert compare(nan, baseline, 1.0, 0.5)[0].startswith("house: nan dB vs baseline 30.00 dB")
+    assert compare(typed(nan), baseline, 1.0, 0.5)[0].startswith("house: nan dB vs baseline 30.00 dB")
 
 
 def test_outcome_check_reports_but_does_not_fail_another_execution_of_the_recipe():
     records = [fixture_record("house", 0, 30.0), fixture_record("cman", 0, 25.0)]
-    baseline = make_baseline(records)
+    baseline = make_baseline(typed(records))
     fp32 = json.loads(json.dumps(records))
     for r in fp32:
         r["config"]["recipe"]["precision"] = "fp32"
-    assert compare(fp32, baseline, 0.5) == []
-    assert execution_note(fp32, baseline) == f"executed differently from the baseline: precision fp32 (baseline {records[0]['config']['recipe']['precision']})"
-    assert execution_note(records, baseline) is None
+    assert compare(typed(fp32), baseline, 0.5) == []
+    assert execution_note(typed(fp32), baseline) == f"executed differently from the baseline: precision fp32 (baseline {records[0]['config']['recipe']['precision']})"
+    assert execution_note(typed(records), baseline) is None
 
 
 @pytest.mark.parametrize(
@@ -200,7 +216,8 @@ def outcome_result(margin: float = 0.5) -> PartResult:
 
 
 def test_parity_within_its_tolerance_adds_its_line_to_the_summary():
-    result = add_parity(outcome_result(), [fixture_record("house", 0, 33.2)], [fixture_record("house", 0, 33.0)], 0.5)
+    result = add_parity(outcome_result(), typed([fixture_record("house", 0, 33.2)]), typed([fixture_record("house", 0, 33.0)]),
+                        0.5)
     assert result.ok and result.margin == 0.5 and result.worst == "cman: Δ +0.60 dB"  # the outcome's 0.5 > parity's 0.4
     assert result.lines == ["outcome: 3 images after 400 iterations; ...; parity: house fast path 33.20 dB, reference "
                             "path 33.00 dB: Δ +0.20 dB (tolerance ±0.50, house's own effect)"]
@@ -208,7 +225,8 @@ def test_parity_within_its_tolerance_adds_its_line_to_the_summary():
 
 def test_parity_outside_its_tolerance_fails_the_outcome_part():
     """A fast path 2 dB below the reference on House, inside the per-image 2.8 dB, outside House's own 0.93."""
-    result = add_parity(outcome_result(), [fixture_record("house", 0, 31.0)], [fixture_record("house", 0, 33.0)], 0.93)
+    result = add_parity(outcome_result(), typed([fixture_record("house", 0, 31.0)]), typed([fixture_record("house", 0, 33.0)]),
+                        0.93)
     line = "parity: house fast path 31.00 dB, reference path 33.00 dB: Δ -2.00 dB (tolerance ±0.93, house's own effect)"
     assert not result.ok and result.margin == pytest.approx(2 / 0.93) and result.worst == line
     assert result.lines[0] == line and result.lines[-1].endswith(line)
@@ -221,7 +239,7 @@ def test_the_outcome_part_trains_house_on_the_reference_path_too(monkeypatch, da
         runs.append((part, images, path))
         if path == "reference":
             raise bench.regression.CellsFailed("stop here")
-        return [fixture_record("house", 0, 33.0)]
+        return typed([fixture_record("house", 0, 33.0)])
 
     monkeypatch.setattr(bench.regression, "fresh_run", fresh_run)
     assert not bench.regression.run_check("outcome", data_dir, tmp_path).ok

@@ -12,6 +12,7 @@ from bench.analysis.check import compare, make_baseline
 from bench.analysis.report import render, write_report
 from bench.analysis.summary import seed_means, shared_config
 from bench.errors import BenchError
+from bench.record import Record
 from bench.records import SCHEMA, read_record, write_json_atomic
 
 GOLDEN = Path(__file__).parent / "fixtures" / "report_quick_golden.md"
@@ -52,6 +53,11 @@ def fixture_record(image: str, seed: int, psnr: float, full: int = 512, ms: floa
     }
 
 
+def typed(records: list[dict]) -> list[Record]:
+    """Fixture records (JSON dicts, easy to vary) as the analysis reads them."""
+    return [Record.from_dict(r) for r in records]
+
+
 RECORDS = [
     fixture_record("house", 0, 30.0, full=256, ms=88.0),
     fixture_record("house", 1, 31.0, full=256, ms=92.0, backtracks=1),
@@ -63,7 +69,7 @@ RECORDS = [
 def test_report_matches_golden_file():
     """UPDATE_GOLDEN=1 rewrites the golden and fails: a rewritten golden compared with itself proves nothing,
     so the run that writes it is never a pass (review the diff, then run again without it)."""
-    text = render(RECORDS)
+    text = render(typed(RECORDS))
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_text(text, encoding="utf-8")
         pytest.fail(f"UPDATE_GOLDEN is set: rewrote {GOLDEN}; review its diff and run again without UPDATE_GOLDEN")
@@ -76,11 +82,11 @@ def test_updating_the_golden_writes_it_and_never_passes(tmp_path, monkeypatch):
     monkeypatch.setenv("UPDATE_GOLDEN", "1")
     with pytest.raises(pytest.fail.Exception, match=f"^UPDATE_GOLDEN is set: rewrote {re.escape(str(golden))}; review"):
         test_report_matches_golden_file()
-    assert golden.read_text(encoding="utf-8") == render(RECORDS)
+    assert golden.read_text(encoding="utf-8") == render(typed(RECORDS))
 
 
 def test_report_content():
-    text = render(RECORDS)
+    text = render(typed(RECORDS))
     house = next(line for line in text.splitlines() if line.startswith("| House"))
     cells = [c.strip() for c in house.split("|")]
     assert cells[6] == "30.50 ± 0.71"  # mean and sample std of 30.0 and 31.0
@@ -104,32 +110,32 @@ def paper_budget(records: list[dict], **config) -> list[dict]:
 
 
 def test_full_paper_runs_carry_no_disclaimer():
-    assert "Not comparable" not in render(paper_budget(RECORDS))
+    assert "Not comparable" not in render(typed(paper_budget(RECORDS)))
     # the authors' masks and a subset of the images are the protocol too
-    assert "Not comparable" not in render(paper_budget(RECORDS[:1], mask="paper", keep=0.5))
+    assert "Not comparable" not in render(typed(paper_budget(RECORDS[:1], mask="paper", keep=0.5)))
 
 
 def test_full_paper_runs_with_another_keep_fraction_or_lr_are_not_comparable():
-    assert "differs from the paper's in: keep 0.7;" in render(paper_budget(RECORDS, keep=0.7))
+    assert "differs from the paper's in: keep 0.7;" in render(typed(paper_budget(RECORDS, keep=0.7)))
     records = paper_budget(RECORDS)
     for r in records:
         r["config"]["recipe"]["lr"] = 0.01
-    assert "differs from the paper's in: lr 0.01;" in render(records)
+    assert "differs from the paper's in: lr 0.01;" in render(typed(records))
 
 
 def test_mixed_configurations_are_refused():
     records = copy.deepcopy(RECORDS)
     records[2]["config"]["recipe"]["iterations"] = 20
     with pytest.raises(BenchError, match="differ in recipe.iterations"):
-        shared_config(records)
+        shared_config(typed(records))
 
 
 def test_write_report_snapshots_its_records(tmp_path):
-    out = write_report(RECORDS, tmp_path / "quick.md", tmp_path / "quick" / "records")
-    assert out.read_text(encoding="utf-8") == render(RECORDS)
+    out = write_report(typed(RECORDS), tmp_path / "quick.md", tmp_path / "quick" / "records")
+    assert out.read_text(encoding="utf-8") == render(typed(RECORDS))
     snapshot = sorted(p.name for p in (tmp_path / "quick" / "records").iterdir())
     assert snapshot == ["barbara_seed0.json", "cman_seed0.json", "house_seed0.json", "house_seed1.json"]
-    assert read_record(tmp_path / "quick" / "records" / "house_seed1.json") == RECORDS[1]
+    assert read_record(tmp_path / "quick" / "records" / "house_seed1.json") == typed(RECORDS)[1]
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
@@ -140,21 +146,24 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert (tmp_path / "a.json").read_text() == '{\n "x": 1\n}\n'
 
 
-def test_incomplete_or_foreign_records_are_ignored(tmp_path):
+def test_incomplete_or_foreign_records_are_one_line_errors(tmp_path):
     (tmp_path / "half.json").write_text('{"schema": 1, "status": "compl')
     write_json_atomic(tmp_path / "old.json", {**RECORDS[0], "schema": 0})
-    assert read_record(tmp_path / "half.json") is None
-    assert read_record(tmp_path / "old.json") is None
+    with pytest.raises(BenchError, match="half.json is not valid JSON"):
+        read_record(tmp_path / "half.json")
+    with pytest.raises(BenchError, match="old.json is not a record this dip-bench can read: no schema version"):
+        read_record(tmp_path / "old.json")
+    assert read_record(tmp_path / "missing.json") is None
 
 
 def test_check_passes_within_tolerance_and_lists_each_failure():
-    baseline = make_baseline(RECORDS)
+    baseline = make_baseline(typed(RECORDS))
     assert baseline["psnr"] == {"house": 30.5, "barbara": 28.5, "cman": 26.25}
-    assert compare(RECORDS, baseline, 0.1) == []
+    assert compare(typed(RECORDS), baseline, 0.1) == []
     drifted = copy.deepcopy(RECORDS)
     drifted[2]["psnr"] = 27.0
     drifted[3]["psnr"] = 27.5
-    failures = compare(drifted, baseline, 0.5)
+    failures = compare(typed(drifted), baseline, 0.5)
     assert failures == [
         "barbara: 27.00 dB vs baseline 28.50 dB (Δ -1.50, tolerance ±0.5)",
         "cman: 27.50 dB vs baseline 26.25 dB (Δ +1.25, tolerance ±0.5)",
@@ -162,14 +171,14 @@ def test_check_passes_within_tolerance_and_lists_each_failure():
 
 
 def test_check_reports_missing_images_and_config_changes():
-    baseline = make_baseline(RECORDS)
-    assert compare(RECORDS[:3], baseline, 0.5) == ["cman: no record in this run (baseline 26.25 dB)"]
+    baseline = make_baseline(typed(RECORDS))
+    assert compare(typed(RECORDS[:3]), baseline, 0.5) == ["cman: no record in this run (baseline 26.25 dB)"]
     changed = copy.deepcopy(RECORDS)
     for r in changed:
         r["config"]["recipe"]["lr"] = 0.01
-    assert compare(changed, baseline, 0.5) == ["configuration differs from the baseline's in: recipe.lr"]
+    assert compare(typed(changed), baseline, 0.5) == ["configuration differs from the baseline's in: recipe.lr"]
     with pytest.raises(BenchError, match="tolerance"):
-        compare(RECORDS, baseline, -1)
+        compare(typed(RECORDS), baseline, -1)
 
 
 def test_side_by_side_comparison_of_two_paths():
@@ -183,11 +192,12 @@ def test_side_by_side_comparison_of_two_paths():
         r["psnr"] -= 0.25
         r["timing"]["median_ms_per_iter"] *= 2.5
         r["config"]["recipe"].update(precision="fp32", channels_last=False, fused_adam=False)
-    text = side_by_side(fast, reference, "fast", "reference")
+    text = side_by_side(typed(fast), typed(reference), "fast", "reference")
     assert "differ only in: recipe.channels_last, recipe.fused_adam, recipe.precision" in text
-    assert "- fast: path fast, bf16" in text and "- reference: path reference, fp32" in text
+    assert "- fast: method dip-bench; path fast, bf16" in text and "- reference: method dip-bench; path reference, fp32" in text
     house = next(line for line in text.splitlines() if line.startswith("| House"))
-    assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "30.50", "30.25", "+0.25", "90.0", "225.0", "2.50x"]
+    cells = ["House", "30.50 ± 0.71", "30.25 ± 0.71", "+0.25", "90.0", "225.0", "2.50x"]
+    assert [c.strip() for c in house.split("|")[1:-1]] == cells
     assert "Mean Δ PSNR +0.25 dB, largest |Δ| 0.25 dB over 3 images" in text
 
 
@@ -209,7 +219,7 @@ def test_extra_table_appears_when_records_computed_it():
     for i, r in enumerate(records):
         r["reference_psnr"] = {"interp_linear": 25.0 + i, "interp_nearest": 22.0, "deep_prior_published": 33.0, "papyan_published": 31.0}
         r |= {"psnr_best": r["psnr"] + 0.5, "best_iteration": 400 + 100 * i, "psnr_ema": r["psnr"] + 0.25}
-    text = render(records)
+    text = render(typed(records))
     assert "## Second estimates and reference rows computed here" in text
     extra = text[text.index("## Second estimates"):]
     header = next(line for line in extra.splitlines() if line.startswith("| Image"))
@@ -218,21 +228,21 @@ def test_extra_table_appears_when_records_computed_it():
     house = next(line for line in extra.splitlines() if line.startswith("| House"))
     # house has seeds 0 and 1: PSNR 30 and 31 -> best 31.0, at iterations 400 and 500 -> median 450
     assert [c.strip() for c in house.split("|")[1:-1]] == ["House", "31.00", "450", "30.75", "22.00", "25.50", "33.00", "31.00"]
-    assert "## Second estimates" not in render(RECORDS)  # older records: no such table
+    assert "## Second estimates" not in render(typed(RECORDS))  # older records: no such table
 
 
 def test_single_seed_runs_have_no_range_column():
-    assert "Min to max" not in render([r for r in RECORDS if r["seed"] == 0])
+    assert "Min to max" not in render(typed([r for r in RECORDS if r["seed"] == 0]))
 
 
 def test_mean_row_gives_the_spread_of_the_table_mean_over_seeds():
     records = RECORDS + [fixture_record("barbara", 1, 29.5), fixture_record("cman", 1, 27.25, full=256)]
     # per-seed means over the 3 images: seed 0 (30 + 28.5 + 26.25) / 3 = 28.25, seed 1 (31 + 29.5 + 27.25) / 3 = 29.25
-    assert list(seed_means(records)) == [28.25, 29.25]
-    mean_row = next(line for line in render(records).splitlines() if line.startswith("| **Mean**"))
+    assert list(seed_means(typed(records))) == [28.25, 29.25]
+    mean_row = next(line for line in render(typed(records)).splitlines() if line.startswith("| **Mean**"))
     assert [c.strip() for c in mean_row.split("|")][6] == "28.75 ± 0.71"
     # A seed that not every image has does not enter the table-level spread.
-    assert list(seed_means(RECORDS)) == [28.25]
+    assert list(seed_means(typed(RECORDS))) == [28.25]
 
 
 def test_other_runs_become_columns_only_if_only_the_recipe_differs():
@@ -245,7 +255,7 @@ def test_other_runs_become_columns_only_if_only_the_recipe_differs():
         r["psnr"] += 1.0
         r["config"]["recipe"]["lr"] = 0.01
         r["config"]["recipe_name"] = "seed"
-    text = render(records, {"Seed recipe": seed_run})
+    text = render(typed(records), {"Seed recipe": typed(seed_run)})
     house = next(line for line in text[text.index("## Second"):].splitlines() if line.startswith("| House"))
     assert house.split("|")[-2].strip() == "31.50 ± 0.71"  # 30 + 1 and 31 + 1
     assert "differs from this run's only in: recipe.lr, recipe_name" in text
@@ -253,13 +263,13 @@ def test_other_runs_become_columns_only_if_only_the_recipe_differs():
     for r in cropped:
         r["config"]["crop"] = 64
     with pytest.raises(BenchError, match="'Seed recipe' cannot be a column of this report: it differs in crop"):
-        render(records, {"Seed recipe": cropped})
+        render(typed(records), {"Seed recipe": typed(cropped)})
 
 
 def test_files_outside_the_manifest_have_no_table_1_values():
     own = fixture_record("file-photo", 0, 27.0)
     own["name"] = "photo.png"
-    text = render(RECORDS[:1] + [{**own, "config": {**own["config"], "image": "file-photo"}}])
+    text = render(typed(RECORDS[:1] + [{**own, "config": {**own["config"], "image": "file-photo"}}]))
     row = next(line for line in text.splitlines() if line.startswith("| photo.png"))
     cells = [c.strip() for c in row.split("|")]
     assert cells[3:6] == ["—", "—", "—"] and cells[6] == "27.00" and cells[8] == "—"
@@ -270,7 +280,7 @@ def test_panels_are_linked_when_they_exist(tmp_path):
     (results / "panels").mkdir(parents=True)
     (results / "panels" / "house_seed0.png").write_bytes(b"png")
     records = [{**r, "panel": f"panels/{r['image']}_seed{r['seed']}.png"} for r in RECORDS]
-    out = write_report(records, tmp_path / "reports" / "quick.md", results_dir=results)
+    out = write_report(typed(records), tmp_path / "reports" / "quick.md", results_dir=results)
     text = out.read_text(encoding="utf-8")
     assert "- House: [seed 0](../runs/quick/panels/house_seed0.png)" in text
     assert "seed 1](" not in text and "Barbara: [" not in text  # missing panels are not linked
@@ -293,4 +303,4 @@ def test_a_run_of_several_own_files_shares_one_configuration():
     a, b = fixture_record("file-a", 0, 27.0), fixture_record("file-b", 0, 28.0)
     a["config"] |= {"image": "file-a", "file": "/x/a.png", "file_sha256": "1" * 64}
     b["config"] |= {"image": "file-b", "file": "/x/b.png", "file_sha256": "2" * 64}
-    assert "file" not in shared_config([a, b])
+    assert shared_config(typed([a, b])).file is None

@@ -20,16 +20,17 @@ from bench.analysis.summary import (
 )
 from bench.analysis.tables import psnr_cell
 from bench.errors import BenchError
+from bench.record import Record
 from bench.records import write_text_atomic
 from dip.execution import execution_path
 
 BASELINE = "paper"  # the variant every other one is paired with: the paper's recipe
 
 
-def paired_deltas(records: list[dict], baseline: list[dict]) -> pd.Series:
+def paired_deltas(records: list[Record], baseline: list[Record]) -> pd.Series:
     """PSNR of each (image, seed) cell minus the baseline's cell of the same image and seed."""
-    def psnrs(recs: list[dict]) -> pd.Series:
-        return pd.Series({(r["image"], r["seed"]): r["psnr"] for r in recs})
+    def psnrs(recs: list[Record]) -> pd.Series:
+        return pd.Series({(r.image, r.seed): r.psnr for r in recs})
 
     mine, base = psnrs(records), psnrs(baseline)
     missing = mine.index.difference(base.index)
@@ -50,7 +51,7 @@ class Effect:
     best_psnr: float
 
 
-def effect(records: list[dict], baseline: list[dict]) -> Effect:
+def effect(records: list[Record], baseline: list[Record]) -> Effect:
     per_seed = seed_means(records)
     deltas = paired_deltas(records, baseline)
     n = len(deltas)
@@ -61,8 +62,8 @@ def effect(records: list[dict], baseline: list[dict]) -> Effect:
         delta_se=float(deltas.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         better=int((deltas > 0).sum()),
         pairs=n,
-        ms_per_iter=float(np.median([r["timing"]["median_ms_per_iter"] for r in records])),
-        best_psnr=float(np.mean([r["psnr_best"] for r in records])),
+        ms_per_iter=float(np.median([r.ms_per_iter for r in records])),
+        best_psnr=float(np.mean([r.psnr_best for r in records])),
     )
 
 
@@ -91,14 +92,14 @@ def _se(e: Effect) -> str:
     return "n/a" if math.isnan(e.delta_se) else f"± {e.delta_se:.2f}"
 
 
-def render_ablations(results: dict[str, list[dict]], descriptions: dict[str, str] | None = None) -> str:
+def render_ablations(results: dict[str, list[Record]], descriptions: dict[str, str] | None = None) -> str:
     """The report of ``results`` (variant name -> records); ``descriptions`` says what each variant changes."""
     base_records = results[BASELINE]
     config = shared_config(base_records)
     effects = {name: effect(recs, base_records) for name, recs in results.items()}
     rows = []
     for name, e in effects.items():
-        differing = config_diff(config, shared_config(results[name]))
+        differing = config_diff(config.to_dict(), shared_config(results[name]).to_dict())
         rows.append({
             "Variant": name,
             "Changes": ", ".join(differing) or "(baseline)",
@@ -119,15 +120,15 @@ def render_ablations(results: dict[str, list[dict]], descriptions: dict[str, str
     image_table = pd.DataFrame(per_image).to_markdown(index=False, disable_numparse=True)
 
     all_records = [r for recs in results.values() for r in recs]
-    seeds = sorted({r["seed"] for r in base_records})
+    seeds = sorted({r.seed for r in base_records})
     images = list(summaries[BASELINE]["image"])
-    recipe = config["recipe"]
+    recipe = config.recipe
     variant_lines = "\n".join(f"- `{name}`" + (f": {descriptions[name]}" if descriptions and name in descriptions else "") for name in results)
     return "\n\n".join([
-        f"# Ablations: profile `{config['profile']}`",
-        f"- Images: {', '.join(images)}; seeds {', '.join(map(str, seeds))}; crop {config['crop']}; "
-        f"{recipe['iterations']} iterations; mask {config['mask']}; path {execution_path(recipe)} ({recipe['precision']})\n"
-        f"- Device: {base_records[0]['provenance']['device_name']}; commits {', '.join(commit_labels(all_records))}\n"
+        f"# Ablations: profile `{config.profile}`",
+        f"- Images: {', '.join(images)}; seeds {', '.join(map(str, seeds))}; crop {config.crop}; "
+        f"{recipe.iterations} iterations; mask {config.mask}; path {execution_path(recipe.to_dict())} ({recipe.precision})\n"
+        f"- Device: {base_records[0].provenance.device_name}; commits {', '.join(commit_labels(all_records))}\n"
         f"- Records of every variant beside this report (`ablations/<variant>/records`)",
         "## Variants",
         variant_lines,
@@ -145,7 +146,7 @@ def render_ablations(results: dict[str, list[dict]], descriptions: dict[str, str
     ]) + "\n"
 
 
-def write_ablations(results: dict[str, list[dict]], out: Path, descriptions: dict[str, str] | None = None) -> Path:
+def write_ablations(results: dict[str, list[Record]], out: Path, descriptions: dict[str, str] | None = None) -> Path:
     text = render_ablations(results, descriptions)
     for name, records in results.items():
         snapshot_records(records, out.parent / out.stem / name / "records")

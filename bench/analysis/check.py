@@ -13,6 +13,7 @@ import numpy as np
 
 from bench.analysis.summary import config_diff, shared_config
 from bench.errors import BenchError
+from bench.record import Record, RecordConfig
 from bench.records import read_json
 from dip.execution import EXECUTION_FIELDS
 
@@ -30,10 +31,10 @@ def cpu_kind_label(amx: bool, avx512_bf16: bool, capability: str) -> str:
     return f"{capability}, no fast bf16"
 
 
-def per_image_psnr(records: list[dict]) -> dict[str, float]:
+def per_image_psnr(records: list[Record]) -> dict[str, float]:
     """Mean PSNR over seeds, per image."""
-    images = dict.fromkeys(r["image"] for r in records)
-    return {key: float(np.mean([r["psnr"] for r in records if r["image"] == key])) for key in images}
+    images = dict.fromkeys(r.image for r in records)
+    return {key: float(np.mean([r.psnr for r in records if r.image == key])) for key in images}
 
 
 # What a baseline, golden or spread measurement keeps of its records' provenance: code, software, CPU kind.
@@ -41,18 +42,18 @@ PROVENANCE_KEYS = ("commit", "dirty", "timestamp", "torch", "device_name", "cpu_
                    "cpu_avx512_bf16", "isa_caps", "torch_threads")
 
 
-def provenance_summary(records: list[dict]) -> dict:
+def provenance_summary(records: list[Record]) -> dict:
     """The first record's provenance, reduced to :data:`PROVENANCE_KEYS`."""
-    prov = records[0]["provenance"]
-    return {k: prov.get(k) for k in PROVENANCE_KEYS}
+    prov = records[0].provenance
+    return {k: getattr(prov, k) for k in PROVENANCE_KEYS}
 
 
-def make_baseline(records: list[dict], tolerance: dict | None = None) -> dict:
-    """A baseline: the shared configuration, per-image mean PSNR, where it was measured, and (when given)
-    its tolerances {"per_image_db", "mean_db", "basis"}."""
+def make_baseline(records: list[Record], tolerance: dict | None = None) -> dict:
+    """A baseline: the shared configuration (its JSON form), per-image mean PSNR, where it was measured, and
+    (when given) its tolerances {"per_image_db", "mean_db", "basis"}."""
     baseline = {
-        "config": shared_config(records),
-        "seeds": sorted({r["seed"] for r in records}),
+        "config": shared_config(records).to_dict(),
+        "seeds": sorted({r.seed for r in records}),
         "psnr": per_image_psnr(records),
         "provenance": provenance_summary(records),
     }
@@ -68,25 +69,33 @@ def load_baseline(path: Path) -> dict:
     return baseline
 
 
-def without_execution(config: dict) -> dict:
-    recipe = {k: v for k, v in config["recipe"].items() if k not in EXECUTION_FIELDS}
-    return {**config, "recipe": recipe}
+def baseline_config(baseline: dict) -> RecordConfig:
+    """A baseline's or golden's stored configuration, read as a record's is (older forms migrated)."""
+    return RecordConfig.from_dict(baseline["config"], schema=baseline.get("schema", 1))
 
 
-def execution_note(records: list[dict], baseline: dict) -> str | None:
+def without_execution(config: RecordConfig) -> dict:
+    """The JSON form of ``config`` without the execution fields."""
+    as_dict = config.to_dict()
+    recipe = {k: v for k, v in as_dict["recipe"].items() if k not in EXECUTION_FIELDS}
+    return {**as_dict, "recipe": recipe}
+
+
+def execution_note(records: list[Record], baseline: dict) -> str | None:
     """A line naming the execution fields that differ from the baseline's, if any."""
-    ours, theirs = shared_config(records)["recipe"], baseline["config"]["recipe"]
-    differing = [f"{k} {ours.get(k)} (baseline {theirs.get(k)})" for k in EXECUTION_FIELDS if ours.get(k) != theirs.get(k)]
+    ours, theirs = shared_config(records).recipe, baseline_config(baseline).recipe
+    differing = [f"{k} {getattr(ours, k)} (baseline {getattr(theirs, k)})" for k in EXECUTION_FIELDS
+                 if getattr(ours, k) != getattr(theirs, k)]
     return f"executed differently from the baseline: {', '.join(differing)}" if differing else None
 
 
-def compare(records: list[dict], baseline: dict, tolerance_db: float, mean_tolerance_db: float | None = None) -> list[str]:
+def compare(records: list[Record], baseline: dict, tolerance_db: float, mean_tolerance_db: float | None = None) -> list[str]:
     """One line per problem: a configuration mismatch, a missing image, an image outside ``tolerance_db``,
     or the mean over the images outside ``mean_tolerance_db``."""
     if tolerance_db < 0 or (mean_tolerance_db is not None and mean_tolerance_db < 0):
         raise BenchError(f"tolerance must be >= 0 dB, got {tolerance_db}")
     config = without_execution(shared_config(records))
-    expected_config = without_execution(baseline["config"])
+    expected_config = without_execution(baseline_config(baseline))
     if config != expected_config:
         return [f"configuration differs from the baseline's in: {', '.join(config_diff(expected_config, config))}"]
     ours = per_image_psnr(records)

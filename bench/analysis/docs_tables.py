@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.config import ALL_IMAGES, PROFILES, RECIPES, RunConfig
 from bench.errors import BenchError
 from bench.flags import add_config_flags
+from bench.methods import BUILTIN, configured_method
 from dip.execution import PATH_CHOSEN_FIELDS
 from dip.nets.config import SkipNetConfig
 from dip.recipe import RestoreConfig
@@ -94,7 +95,7 @@ def profiles_table() -> str:
 def _options() -> dict[str, tuple[str, ...]]:
     """The configuration flags' option strings, keyed by dest ("run.crop", "recipe.lr", "net.layout")."""
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
+    add_config_flags(parser, configured_method(BUILTIN))  # run's flags, --method among them
     return {a.dest: tuple(a.option_strings) for a in parser._actions if a.option_strings and "." in a.dest}
 
 
@@ -128,7 +129,7 @@ def run_table() -> str:
     """One row per field of RunConfig (the recipe aside): its flag and the paper profile's value."""
     paper = PROFILES["paper"]
     rows = [[f"`{f.name}`", _flag(f.name, "run"), value_text(getattr(paper, f.name))]
-            for f in dataclasses.fields(paper) if f.name not in ("profile", "recipe")]
+            for f in dataclasses.fields(paper) if f.name not in ("profile", "recipe", "method_fields")]
     return _table(["RunConfig field", "flag", "default (`paper` profile)"], rows)
 
 

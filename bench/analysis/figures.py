@@ -3,6 +3,7 @@ beside the report; the per-cell pictures are :mod:`bench.panels`."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.record import Record  # noqa: E402
 from bench.records import write_bytes_atomic  # noqa: E402
 from dip.metrics import psnr_pasted_from_loss  # noqa: E402
 
@@ -35,14 +37,14 @@ def _grid(n: int, columns: int = 4) -> tuple[plt.Figure, np.ndarray]:
     return figure, axes.flat
 
 
-def plot_curves(records: list[dict], path: Path) -> Path:
+def plot_curves(records: list[Record], path: Path) -> Path:
     """PSNR against iteration per image: mean over seeds of the raw output (band: min to max), its
     paste-back PSNR (derived from raw PSNR and loss, :func:`dip.metrics.psnr_pasted_from_loss`) and its EMA."""
-    names = dict.fromkeys(r["name"] for r in records)
+    names = dict.fromkeys(r.label for r in records)
     figure, axes = _grid(len(names))
     for ax, name in zip(axes, names):
-        mine = [r for r in records if r["name"] == name]
-        curves = pd.concat([pd.DataFrame(r["curve"]).assign(seed=r["seed"]) for r in mine])
+        mine = [r for r in records if r.label == name]
+        curves = pd.concat([pd.DataFrame([dataclasses.asdict(p) for p in r.curve]).assign(seed=r.seed) for r in mine])
         curves["psnr_pasted"] = [psnr_pasted_from_loss(p, loss) for p, loss in zip(curves["psnr"], curves["loss"])]
         by_iter = curves.groupby("iteration")
         raw = by_iter["psnr"]
@@ -51,7 +53,7 @@ def plot_curves(records: list[dict], path: Path) -> Path:
         ax.plot(by_iter["psnr_pasted"].mean().index, by_iter["psnr_pasted"].mean(), color="C2", linewidth=1, label="paste-back")
         if curves["psnr_ema"].notna().all():
             ax.plot(by_iter["psnr_ema"].mean().index, by_iter["psnr_ema"].mean(), color="C1", linestyle="--", label="EMA")
-        interp = [r["reference_psnr"].get("interp_linear") for r in mine if "reference_psnr" in r]
+        interp = [r.reference_psnr.interp_linear for r in mine if r.reference_psnr is not None]
         interp = [v for v in interp if v is not None]  # None: an exact (infinite-PSNR) interpolation
         if interp:
             ax.axhline(np.mean(interp), color="0.4", linestyle=":", label="interp. linear")

@@ -21,30 +21,32 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from bench.record import Record
+
 CURVE_SERIES = ("loss", "psnr", "psnr_ema")
 FINAL_KEYS = ("psnr", "psnr_pasted", "psnr_ema")
 STATIC_KEYS = ("psnr_masked_input", "interp_nearest", "interp_linear")
 SERIES = CURVE_SERIES + ("final", "static")
 
 
-def image_fingerprint(record: dict) -> dict:
+def image_fingerprint(record: Record) -> dict:
     """{"mask_sha256": str, series: [dB, ...]} of one complete record."""
-    curve = record["curve"]
-    if [p["iteration"] for p in curve] != list(range(len(curve))):
-        raise ValueError(f"{record['image']}: a fingerprint needs a curve point at every iteration (eval_every 1)")
+    curve = record.curve
+    if [p.iteration for p in curve] != list(range(len(curve))):
+        raise ValueError(f"{record.image}: a fingerprint needs a curve point at every iteration (eval_every 1)")
     return {
-        "mask_sha256": record["mask_sha256"],
-        "loss": [-10.0 * math.log10(p["loss"]) for p in curve],
-        "psnr": [p["psnr"] for p in curve],
-        "psnr_ema": [p["psnr_ema"] for p in curve],
-        "final": [record[key] for key in FINAL_KEYS],
-        "static": [record["psnr_masked_input"]] + [record["reference_psnr"][key] for key in STATIC_KEYS[1:]],
+        "mask_sha256": record.mask_sha256,
+        "loss": [-10.0 * math.log10(p.loss) for p in curve],
+        "psnr": [p.psnr for p in curve],
+        "psnr_ema": [p.psnr_ema for p in curve],
+        "final": [getattr(record, key) for key in FINAL_KEYS],
+        "static": [record.psnr_masked_input] + [getattr(record.reference_psnr, key) for key in STATIC_KEYS[1:]],
     }
 
 
-def fingerprint(records: list[dict]) -> dict[str, dict]:
+def fingerprint(records: list[Record]) -> dict[str, dict]:
     """{image: image_fingerprint} of a run's records (one seed per image)."""
-    return {r["image"]: image_fingerprint(r) for r in records}
+    return {r.image: image_fingerprint(r) for r in records}
 
 
 def deviations(a: dict[str, dict], b: dict[str, dict]) -> dict[str, list[float]]:

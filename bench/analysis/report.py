@@ -17,12 +17,14 @@ from bench.analysis.summary import (
     check_comparable,
     commit_labels,
     image_rows,
+    method_label,
     seed_means,
     shared_config,
     summarise,
 )
 from bench.analysis.tables import coverage_section, extra_table, header, markdown_table
-from bench.records import write_json_atomic, write_text_atomic
+from bench.record import Record, RecordConfig
+from bench.records import write_record, write_text_atomic
 from bench.rundir import RunDir, cell_stem
 
 
@@ -31,62 +33,76 @@ class Prepared:
     """What a report is built from, computed once: the run's shared configuration and per-image
     summary, and for each other run (label -> records) its summary and the fields it differs in."""
 
-    records: list[dict]
-    config: dict
+    records: list[Record]
+    config: RecordConfig
     summary: pd.DataFrame
-    others: dict[str, list[dict]]
+    others: dict[str, list[Record]]
     other_summaries: dict[str, pd.DataFrame]
     differing: dict[str, list[str]]
-    failures: list[dict]  # failed records of this run's configuration
+    failures: list[Record]  # failed records of this run's configuration
+    methods: dict[str, str]  # label ("" for this run) -> the method its records were trained with
+
+    @property
+    def several_methods(self) -> bool:
+        return len(set(self.methods.values())) > 1
+
+    def column_title(self, label: str) -> str:
+        """An other run's column title: its label, and its method where the report holds several."""
+        return f"{label} (method {self.methods[label]})" if self.several_methods else label
 
 
-def prepare(records: list[dict], others: dict[str, list[dict]] | None = None, failures: list[dict] | None = None) -> Prepared:
+def prepare(records: list[Record], others: dict[str, list[Record]] | None = None,
+            failures: list[Record] | None = None) -> Prepared:
     """Check the records (one configuration; others comparable) before anything is computed or written.
     ``failures``: failed records; those of another configuration than the records' are left out."""
     others = others or {}
     config = shared_config(records)
-    differing = {label: check_comparable(config, shared_config(recs), label) for label, recs in others.items()}
-    mine = [f for f in failures or [] if shared_config([f]) == config]
+    other_configs = {label: shared_config(recs) for label, recs in others.items()}
+    differing = {label: check_comparable(config, other, label) for label, other in other_configs.items()}
+    mine = [f for f in failures or [] if f.config.shared() == config]
+    methods = {"": method_label(config)} | {label: method_label(other) for label, other in other_configs.items()}
     return Prepared(records, config, summarise(records), others,
-                    {label: summarise(recs) for label, recs in others.items()}, differing, mine)
+                    {label: summarise(recs) for label, recs in others.items()}, differing, mine, methods)
 
 
-def render(records: list[dict], others: dict[str, list[dict]] | None = None, sections: tuple[str, ...] = (),
-           failures: list[dict] | None = None) -> str:
+def render(records: list[Record], others: dict[str, list[Record]] | None = None, sections: tuple[str, ...] = (),
+           failures: list[Record] | None = None) -> str:
     """The report: header, main table, second table with reference rows and ``others`` (label ->
     records of another run of the same protocol with a different recipe), then ``sections``;
     cells that diverged (``failures``, or non-finite losses undone) are marked † and listed."""
     return render_prepared(prepare(records, others, failures), sections)
 
 
-def fault_lines(records: list[dict], failures: list[dict]) -> list[str]:
+def fault_lines(records: list[Record], failures: list[Record]) -> list[str]:
     """One line per cell that diverged: failed (with its reason), or with non-finite losses undone."""
-    lines = [f"- {r['name']} seed {r['seed']}: **failed**, no result: {r['reason']} (--on-divergence {r['on_divergence']})"
+    lines = [f"- {r.label} seed {r.seed}: **failed**, no result: {r.reason} (--on-divergence {r.on_divergence})"
              for r in failures]
     for r in records:
-        if r.get("divergences"):
-            lines.append(f"- {r['name']} seed {r['seed']}: non-finite loss at iteration{'s' if len(r['divergences']) > 1 else ''} "
-                         f"{', '.join(map(str, r['divergences']))}, each undone by restoring the last good state "
-                         f"({len(r['divergences'])} restore{'s' if len(r['divergences']) > 1 else ''}); the result is kept")
+        if r.divergences:
+            many = "s" if len(r.divergences) > 1 else ""
+            lines.append(f"- {r.label} seed {r.seed}: non-finite loss at iteration{many} "
+                         f"{', '.join(map(str, r.divergences))}, each undone by restoring the last good state "
+                         f"({len(r.divergences)} restore{many}); the result is kept")
     return lines
 
 
 def render_prepared(prep: Prepared, sections: tuple[str, ...] = ()) -> str:
     records = prep.records
     faults = fault_lines(records, prep.failures)
-    faulty = frozenset(r["name"] for r in prep.failures) | frozenset(r["name"] for r in records if r.get("divergences"))
-    parts = [header(records, prep.config), markdown_table(prep.summary, seed_means(records), faulty), LEGEND]
+    faulty = frozenset(r.label for r in prep.failures) | frozenset(r.label for r in records if r.divergences)
+    parts = [header(records, prep.config, prep.several_methods), markdown_table(prep.summary, seed_means(records), faulty),
+             LEGEND]
     if faults:
         parts += ["## † Diverged cells", "Images marked † in the table had a seed whose loss became non-finite. "
                   "A failed seed has no result (its n is lower); an undone one restored the last good state and went on.",
                   "\n".join(faults)]
-    extra = extra_table(prep.summary, prep.other_summaries)
+    extra = extra_table(prep.summary, {prep.column_title(label): s for label, s in prep.other_summaries.items()})
     if extra is not None:
         parts += ["## Second estimates and reference rows computed here", extra, EXTRA_LEGEND]
         for label, recs in prep.others.items():
-            seeds = sorted({r["seed"] for r in recs})
+            seeds = sorted({r.seed for r in recs})
             parts.append(
-                f"*{label}*: {len(recs)} records (seeds {', '.join(map(str, seeds))}), commit "
+                f"*{prep.column_title(label)}*: {len(recs)} records (seeds {', '.join(map(str, seeds))}), commit "
                 f"{', '.join(commit_labels(recs))}; its configuration differs from this run's only in: "
                 f"{', '.join(prep.differing[label]) or 'nothing'}."
             )
@@ -94,13 +110,13 @@ def render_prepared(prep: Prepared, sections: tuple[str, ...] = ()) -> str:
 
 
 def write_report(
-    records: list[dict],
+    records: list[Record],
     out: Path,
     records_dir: Path | None = None,
     *,
-    others: dict[str, list[dict]] | None = None,
+    others: dict[str, list[Record]] | None = None,
     results_dir: Path | None = None,
-    failures: list[dict] | None = None,
+    failures: list[Record] | None = None,
     coverage: list[dict] | None = None,
 ) -> Path:
     """Write the markdown report with its plots (in ``out``'s stem directory: reports/quick.md ->
@@ -115,12 +131,13 @@ def write_report(
     prep = prepare(records, others, failures)
     figures_dir = out.parent / out.stem
     sections = coverage_section(coverage) if coverage else []
-    if all("curve" in r for r in records):  # records written before curves existed get no plots
+    if all(r.curve for r in records):  # records written before curves existed get no plots
         curves = plot_curves(records, figures_dir / "psnr_curves.png")
         summary = prep.summary.copy()
         for label, other in prep.other_summaries.items():
             summary[label] = aligned(summary, other)["psnr_mean"].to_numpy()
-        rows = dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"} | {label: label for label in prep.others}
+        rows = (dict(REFERENCE_ROW_COLUMNS) | {"psnr_ema": "EMA of output"}
+                | {label: prep.column_title(label) for label in prep.others})
         versus = plot_vs_reference(summary, rows, figures_dir / "psnr_vs_reference.png")
         sections += [
             "## Plots",
@@ -151,15 +168,15 @@ def slug(label: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
 
 
-def panel_links(records: list[dict], results_dir: Path, start: Path) -> list[str]:
+def panel_links(records: list[Record], results_dir: Path, start: Path) -> list[str]:
     """A "Panels" section linking each record's panel PNG, where it exists (the results directory is
     git-ignored: panels show the test images, which are downloaded, not redistributed)."""
     lines = []
     for key, name, _ in image_rows(records):
         links = [
-            f"[seed {r['seed']}]({relative_link(results_dir / r['panel'], start)})"
-            for r in sorted(records, key=lambda r: r["seed"])
-            if r["image"] == key and r.get("panel") and (results_dir / r["panel"]).is_file()
+            f"[seed {r.seed}]({relative_link(results_dir / r.panel, start)})"
+            for r in sorted(records, key=lambda r: r.seed)
+            if r.image == key and r.panel and (results_dir / r.panel).is_file()
         ]
         if links:
             lines.append(f"- {name}: {', '.join(links)}")
@@ -168,9 +185,10 @@ def panel_links(records: list[dict], results_dir: Path, start: Path) -> list[str
     return ["## Panels (ground truth | masked input | restored | error x4; in the run directory, not committed)", "\n".join(lines)]
 
 
-def snapshot_records(records: list[dict], records_dir: Path) -> None:
-    """Copy the records beside the report, replacing any earlier snapshot, so every number has its source."""
+def snapshot_records(records: list[Record], records_dir: Path) -> None:
+    """Copy the records beside the report, replacing any earlier snapshot, so every number has its source
+    (records of an older schema are written in the current one: bench.record migrates them on reading)."""
     if records_dir.exists():
         shutil.rmtree(records_dir)
     for record in records:
-        write_json_atomic(RunDir(records_dir).record(cell_stem(record["image"], record["seed"])), record)
+        write_record(RunDir(records_dir).record(cell_stem(record.image, record.seed)), record)

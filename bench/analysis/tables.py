@@ -12,8 +12,10 @@ from bench.analysis.summary import (
     aligned,
     commit_labels,
     is_paper_budget,
+    method_label,
     recipe_differences,
 )
+from bench.record import Record, RecordConfig
 from dip.execution import execution_path
 
 
@@ -86,26 +88,31 @@ def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None, 
     return table.to_markdown(index=False, disable_numparse=True, colalign=colalign)
 
 
-def header(records: list[dict], config: dict) -> str:
-    recipe = config["recipe"]
-    prov = records[0]["provenance"]
+def header(records: list[Record], config: RecordConfig, show_method: bool = False) -> str:
+    """The report's opening lines; the method's line where it is not the built-in one, or ``show_method``
+    (the report holds several methods)."""
+    recipe = config.recipe
+    prov = records[0].provenance
     commits = commit_labels(records)
     # a cell runs from its "started" (kept across resumes; absent in older records) to its record's timestamp
-    starts = sorted(r.get("started") or r["provenance"]["timestamp"] for r in records)
-    ends = sorted(r["provenance"]["timestamp"] for r in records)
-    seeds_per_image = {key: sum(1 for r in records if r["image"] == key) for key in dict.fromkeys(r["image"] for r in records)}
-    mask = config["mask"] + (f" (keep {config['keep']})" if config["mask"] == "bernoulli" else " (published masks)")
-    recipe_name = config.get("recipe_name", "paper")
+    starts = sorted(r.started or r.provenance.timestamp for r in records)
+    ends = sorted(r.provenance.timestamp for r in records)
+    seeds_per_image = {key: sum(1 for r in records if r.image == key) for key in dict.fromkeys(r.image for r in records)}
+    mask = config.mask + (f" (keep {config.keep})" if config.mask == "bernoulli" else " (published masks)")
+    recipe_name = config.recipe_name
+    builtin = config.method.is_builtin
+    title = f"# dip-bench: profile `{config.profile}`" + ("" if recipe_name == "paper" else f", recipe `{recipe_name}`")
     lines = [
-        f"# dip-bench: profile `{config['profile']}`" + ("" if recipe_name == "paper" else f", recipe `{recipe_name}`"),
+        title + ("" if builtin else f", method `{config.method.name}`"),
         "",
-        f"- Recipe: {recipe_name}; iterations: {recipe['iterations']}; lr {recipe['lr']}; backtracking "
-        f"{'on' if recipe['backtracking'] else 'off'}; mask {mask}",
-        f"- Path: {execution_path(recipe)} ({recipe['precision']}, channels_last {recipe['channels_last']}, "
-        f"fused Adam {recipe.get('fused_adam', False)})"
-        + (f"; up to {config['cells_per_gpu']} cells trained at once as one batched model (--cells-per-gpu): "
-           f"a cell's ms/iter is its batch's step" if config.get("cells_per_gpu", 1) > 1 else ""),
-        f"- Device: {prov['device_name']} ({config['device']}), torch {prov['torch']}, {prov['torch_threads']} threads",
+        *([] if builtin and not show_method else [f"- Method: {method_line(config)}"]),
+        f"- Recipe: {recipe_name}; iterations: {recipe.iterations}; lr {recipe.lr}; backtracking "
+        f"{'on' if recipe.backtracking else 'off'}; mask {mask}",
+        f"- Path: {execution_path(recipe.to_dict())} ({recipe.precision}, channels_last {recipe.channels_last}, "
+        f"fused Adam {recipe.fused_adam})"
+        + (f"; up to {config.cells_per_gpu} cells trained at once as one batched model (--cells-per-gpu): "
+           f"a cell's ms/iter is its batch's step" if config.cells_per_gpu > 1 else ""),
+        f"- Device: {prov.device_name} ({config.device}), torch {prov.torch}, {prov.torch_threads} threads",
         f"- Commit: {', '.join(commits)}; runs from {starts[0]} to {ends[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
@@ -114,8 +121,8 @@ def header(records: list[dict], config: dict) -> str:
         lines += [
             "",
             f"> **Not comparable to Table 1.** This run uses "
-            f"{'centre crops of ' + str(config['crop']) + ' px' if config['crop'] else 'full images'} and "
-            f"{recipe['iterations']} iterations instead of the paper's full images and 11000 iterations; "
+            f"{'centre crops of ' + str(config.crop) + ' px' if config.crop else 'full images'} and "
+            f"{recipe.iterations} iterations instead of the paper's full images and 11000 iterations; "
             f"the Table 1 columns are shown for orientation only, and Δ is not a reproduction gap."
             + (f" Its protocol also differs from the paper's in: {', '.join(recipe_differs)}." if recipe_differs else ""),
         ]
@@ -123,6 +130,12 @@ def header(records: list[dict], config: dict) -> str:
         lines += ["", f"> **Not comparable to Table 1.** This run's protocol differs from the paper's in: "
                       f"{', '.join(recipe_differs)}; Δ is the effect of that change, not a reproduction gap."]
     return "\n".join(lines)
+
+
+def method_line(config: RecordConfig) -> str:
+    """The method and its hyper-parameters, e.g. 'convdecoder (channels 64, in_size 4, ...)'."""
+    fields = ", ".join(f"{k} {v}" for k, v in config.method.fields.items())
+    return method_label(config) + (f" ({fields})" if fields else "")
 
 
 def _span(counts) -> str:

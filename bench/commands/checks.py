@@ -69,8 +69,9 @@ def check_size(size: int) -> None:
 
 # The speed gate by the fast path's precision. bf16 on AMX or AVX-512 BF16: measured 2.8x (Intel AMX) and
 # 2.3-2.6x (AMD EPYC) at 256x256. fp32 (no bf16 instructions, or an instruction-set cap below them): the
-# fast path differs only by fused Adam and measured about 1.0x; the gate then only catches a fast path
-# that became slower than the reference.
+# fast path differs by fused Adam, and where the convolutions run AVX2 by Winograd's 3x3 convolutions:
+# measured about 1.0x without them, 1.2-1.26x with them (AMD EPYC under ONEDNN_MAX_CPU_ISA=AVX2); the gate
+# then only catches a fast path that became slower than the reference.
 SPEED_GATES = {"bf16": 1.8, "fp16": 1.8, "fp32": 0.8}
 
 
@@ -83,7 +84,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device, authors=args.authors)
     print(
         f"{m.size}x{m.size}: reference ({m.reference_precision}) {m.reference_s * 1e3:.0f} ms/iter, "
-        f"fast ({m.fast_precision}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
+        f"fast ({m.fast_precision}{', Winograd' if m.fast_winograd else ''}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
         f"(median of {m.rounds} alternating rounds of {m.steps_per_round} steps)"
     )
     if m.authors_s is not None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from bench.analysis.summary import is_paper_budget
 from bench.errors import BenchError
 from bench.paths import RUNS_DIR
-from bench.records import load_records
+from bench.records import Record, load_records
 
 
-def parse_others(specs: list[str]) -> dict[str, list[dict]]:
+def parse_others(specs: list[str]) -> dict[str, list[Record]]:
     """{"seed recipe": records} from ["seed recipe=runs/quick-seed"]."""
     others = {}
     for spec in specs:
@@ -34,9 +34,9 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k}
 
 
-def paper_coverage(records: list[dict], results_dir: Path) -> list[dict] | None:
+def paper_coverage(records: list[Record], results_dir: Path) -> list[dict] | None:
     """The coverage rows of a run at the paper's budget (full images, 11000 iterations), else None."""
-    if not is_paper_budget(records[0]["config"]):
+    if not is_paper_budget(records[0].config):
         return None
     from bench.coverage import coverage  # reads checkpoints: torch, only for paper-budget runs
 

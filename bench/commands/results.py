@@ -37,8 +37,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     others = parse_others(args.others)
     failures = load_failures(results_dir)
     if args.out is None:
-        first = records[0]["config"]
-        out, snapshot = published_paths(run_name(first["profile"], first.get("recipe_name", "paper")))
+        first = records[0].config
+        out, snapshot = published_paths(run_name(first.profile, first.recipe_name, first.method.name))
     else:
         out, snapshot = args.out, args.out.with_suffix("") / "records"
     if snapshot.resolve() == results_dir.resolve():

@@ -89,7 +89,7 @@ def report_finished(result: Finished, config, args: argparse.Namespace, others: 
     for line in result.problems:
         print(f"error: {line}", file=sys.stderr)
     if failures:
-        names = ", ".join(f"{f['name']} seed {f['seed']}" for f in failures)
+        names = ", ".join(f"{f.label} seed {f.seed}" for f in failures)
         print(f"error: {len(failures)} cell{'s' if len(failures) > 1 else ''} failed ({names}): training diverged; "
               f"reasons in their records in {results_dir}", file=sys.stderr)
     return 1 if failures or result.problems else 0

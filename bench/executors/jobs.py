@@ -30,8 +30,8 @@ def _submitit():
 
 def one_cell_config(config: RunConfig, cell: Cell) -> RunConfig:
     """``config`` narrowed to one cell: the same resolved configuration, so the same record."""
-    if "file" in cell.config:
-        return dataclasses.replace(config, images=(), files=(cell.config["file"],), seeds=(cell.seed,))
+    if cell.config.file is not None:
+        return dataclasses.replace(config, images=(), files=(cell.config.file,), seeds=(cell.seed,))
     return dataclasses.replace(config, images=(cell.info.key,), files=(), seeds=(cell.seed,))
 
 

@@ -145,9 +145,9 @@ def run_local(cells: list[Cell], config: RunConfig, options: ExecutorOptions, da
 
 def outcome_line(cell: Cell) -> str:
     if (record := read_record(cell.path)) is not None:
-        return f"PSNR {record['psnr']:.2f} dB, {record['timing']['median_ms_per_iter']:.1f} ms/iter -> {cell.path}"
+        return f"PSNR {record.psnr:.2f} dB, {record.ms_per_iter:.1f} ms/iter -> {cell.path}"
     if (failed := read_record(cell.path, FAILED)) is not None:
-        return f"FAILED, {failed['reason']} -> {cell.path}"
+        return f"FAILED, {failed.reason} -> {cell.path}"
     return "left to another process"
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dip.nets.config import SkipNetConfig
+from dip.winograd import Conv2d
 
 
 class ReflectionPad(nn.ReflectionPad2d):
@@ -27,13 +28,14 @@ class ReflectionPad(nn.ReflectionPad2d):
 
 
 def conv(config: SkipNetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Module:
-    """Convolution with bias and 'same' padding (reflection by default) applied explicitly."""
+    """Convolution with bias and 'same' padding (reflection by default) applied explicitly. The conv is
+    ``nn.Conv2d`` unless Winograd is switched on (``dip.winograd.use_winograd``)."""
     pad = (kernel - 1) // 2
     if pad == 0:
-        return nn.Conv2d(c_in, c_out, kernel, stride=stride)
+        return Conv2d(c_in, c_out, kernel, stride=stride)
     if config.padding == "reflection":
-        return nn.Sequential(ReflectionPad(pad), nn.Conv2d(c_in, c_out, kernel, stride=stride))
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=pad)
+        return nn.Sequential(ReflectionPad(pad), Conv2d(c_in, c_out, kernel, stride=stride))
+    return Conv2d(c_in, c_out, kernel, stride=stride, padding=pad)
 
 
 def conv_bn_act(config: SkipNetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:

@@ -110,9 +110,11 @@ def test_authors_network_is_the_paper_network():
 
 
 def test_authors_step_trains():
+    """Adam's first steps at the authors' lr overshoot (step 2's loss is above step 1's on every CPU kind seen):
+    after 10 steps the loss is 5% below the first (11% measured, natively and under the AVX2 cap)."""
     anchor = make_anchor(64, "cpu")
-    losses = [anchor.step() for _ in range(5)]
-    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    losses = [anchor.step() for _ in range(10)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.95 * losses[0]
 
 
 def test_both_paths_train_the_same_network_differently():

@@ -174,7 +174,10 @@ def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
     session_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache); "
                                                             "every file must be there already: nothing is downloaded")
     sreport_p = commands.add_parser("speed-report", help="reports/speed.md from pytest-benchmark JSON + a profile")
-    sreport_p.add_argument("--json", type=Path, metavar="FILE", required=True, help="pytest-benchmark's JSON output (--benchmark-json)")
+    sreport_p.add_argument("--json", type=Path, metavar="FILE", required=True, action="append",
+                           help="pytest-benchmark's JSON output (--benchmark-json); repeat it for other CPU kinds (or this "
+                                "one under an instruction-set cap), each a section of its own after the first, "
+                                "whose machine the operator profile runs on")
     sreport_p.add_argument("--out", type=Path, metavar="FILE", required=True, help="the markdown report to write")
     sreport_p.add_argument("--profile-size", type=int, metavar="N", default=256,
                            help="side of the square image the operator profile runs on (default 256)")

@@ -17,7 +17,8 @@ from bench.analysis.check import cpu_kind_label
 from bench.data import REPO_ROOT
 
 # Environment variables that cap the instruction sets oneDNN and ATen use (emulating another CPU kind).
-ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+# MKL_ENABLE_INSTRUCTIONS caps the BLAS behind matmul, which Winograd's GEMM stage runs on (dip/winograd.py).
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def _git(*args: str) -> str | None:

@@ -286,6 +286,21 @@ def test_panels_are_linked_when_they_exist(tmp_path):
     assert "seed 1](" not in text and "Barbara: [" not in text  # missing panels are not linked
 
 
+def test_panels_outside_the_reports_repository_are_not_linked(tmp_path):
+    """A report in a git work tree published from a results directory outside it (a campaign under
+    ~/dip-runs) says where the panels are instead of a link that is dead for everyone else."""
+    repo, results = tmp_path / "repo", tmp_path / "dip-runs" / "paper"
+    (repo / ".git").mkdir(parents=True)
+    (results / "panels").mkdir(parents=True)
+    (results / "panels" / "house_seed0.png").write_bytes(b"png")
+    records = [{**r, "panel": f"panels/{r['image']}_seed{r['seed']}.png"} for r in RECORDS]
+    text = write_report(typed(records), repo / "reports" / "paper.md", results_dir=results).read_text(encoding="utf-8")
+    assert "](../../dip-runs" not in text and "House: [" not in text
+    assert "The panels are in the run directory's `panels/` folder, outside this repository: not linked." in text
+    inside = write_report(typed(records), repo / "reports" / "quick.md", results_dir=repo / "runs")
+    assert "## Panels" not in inside.read_text(encoding="utf-8")  # inside the tree, no panel exists: no section
+
+
 def test_published_outputs_match_table_1_with_our_psnr(data_dir):
     from bench.published import quantisation_loss_db, render_published, score_published
 

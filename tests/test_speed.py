@@ -72,6 +72,19 @@ def test_speed_report_text():
     assert [c.strip() for c in row.split("|")[1:-1]] == ["aten::conv2d", "12.5", "25.0%", "40"]
 
 
+def test_speed_report_gives_each_further_kind_its_own_section():
+    """A second benchmark file (this CPU under an AVX2 cap, say) is a section of its own, named with its cap."""
+    capped = {**DATA, "benchmarks": [
+        {**b, "extra_info": {**b["extra_info"], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}}
+        for b in DATA["benchmarks"][:3]]}
+    capped["benchmarks"][2] = {**capped["benchmarks"][2], "stats": {"median": 0.8, "rounds": 5}}
+    text = render_speed(DATA, {}, 256, (capped,))
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert titles == ["## TestVendor, AVX2, no fast bf16", "## TestVendor, AVX2, no fast bf16; capped: ONEDNN_MAX_CPU_ISA=AVX2"]
+    rows = [line for line in text.splitlines() if line.startswith("| 256x256")]
+    assert [[c.strip() for c in row.split("|")[4:6]] for row in rows] == [["400.0", "4.00x"], ["800.0", "2.00x"]]
+
+
 def test_speed_table_needs_both_paths():
     with pytest.raises(BenchError, match="lacks a reference or fast result"):
         speed_table({"benchmarks": DATA["benchmarks"][:1]})

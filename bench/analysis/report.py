@@ -170,7 +170,13 @@ def slug(label: str) -> str:
 
 def panel_links(records: list[Record], results_dir: Path, start: Path) -> list[str]:
     """A "Panels" section linking each record's panel PNG, where it exists (the results directory is
-    git-ignored: panels show the test images, which are downloaded, not redistributed)."""
+    git-ignored: panels show the test images, which are downloaded, not redistributed). A report inside a
+    git work tree links only panels inside it: a link out of the repository (a campaign's results under
+    ~/dip-runs, say) would be dead for everyone else, so the section says where they are instead."""
+    tree = work_tree(start)
+    if tree is not None and not results_dir.resolve().is_relative_to(tree):
+        return [PANELS_TITLE, "The panels are in the run directory's `panels/` folder, outside this repository: "
+                              "not linked."] if any(r.panel for r in records) else []
     lines = []
     for key, name, _ in image_rows(records):
         links = [
@@ -182,7 +188,16 @@ def panel_links(records: list[Record], results_dir: Path, start: Path) -> list[s
             lines.append(f"- {name}: {', '.join(links)}")
     if not lines:
         return []
-    return ["## Panels (ground truth | masked input | restored | error x4; in the run directory, not committed)", "\n".join(lines)]
+    return [PANELS_TITLE, "\n".join(lines)]
+
+
+PANELS_TITLE = "## Panels (ground truth | masked input | restored | error x4; in the run directory, not committed)"
+
+
+def work_tree(path: Path) -> Path | None:
+    """The git work tree holding ``path`` (the nearest directory with a .git), or None."""
+    path = path.resolve()
+    return next((p for p in (path, *path.parents) if (p / ".git").exists()), None)
 
 
 def snapshot_records(records: list[Record], records_dir: Path) -> None:

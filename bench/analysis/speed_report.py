@@ -102,37 +102,60 @@ def markdown_profile(rows: list[dict]) -> str:
     return table.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "right", "right"])
 
 
-def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int) -> str:
+def kind_label(data: dict) -> str:
+    """The CPU kind of a benchmark file, with the instruction-set cap it ran under, if any."""
+    info = data["benchmarks"][0]["extra_info"]
+    caps = info.get("isa_caps") or {}
+    kind = info.get("cpu_kind", "kind not recorded")
+    return kind + (f"; capped: {', '.join(f'{k}={v}' for k, v in caps.items())}" if caps else "")
+
+
+def kind_section(data: dict) -> list[str]:
+    """One benchmark file's machine, commit and paths, then its table and opt-in variants."""
     frame = speed_table(data)
     machine = data.get("machine_info", {})
     commit = data.get("commit_info", {})
     cpu = machine.get("cpu", {})
     how = frame.iloc[0]
-    kind = data["benchmarks"][0]["extra_info"].get("cpu_kind", "kind not recorded")
     lines = [
-        "# dip-bench: speed of one training iteration",
-        "",
-        f"- Machine: {cpu.get('brand_raw', machine.get('processor', 'unknown'))} ({kind}), "
+        f"- Machine: {cpu.get('brand_raw', machine.get('processor', 'unknown'))} ({kind_label(data)}), "
         f"{cpu.get('count', '?')} logical CPUs; {machine.get('node', '')}; Python {machine.get('python_version', '?')}",
         f"- Commit: {commit.get('id', 'unknown')[:12]}{'-dirty' if commit.get('dirty') else ''} ({commit.get('time', '')}); "
         f"measured {data.get('datetime', '')}",
         f"- Reference path: {how['reference_how']}. Fast path: {how['fast_how']}.",
-        "- Authors' code: their network and loop as written, re-implemented in `bench/authors.py` (fp32, contiguous, eager,",
-        "  plain Adam, the loss read on the host every step), timed in the same run as both paths; without the two PSNRs",
-        "  their closure computes per step, so each ratio to it is a lower bound.",
-        "- One iteration = perturbed input, forward, masked MSE, backward, Adam step (the paper network, 2,217,573 parameters);",
-        "  median over rounds after 2 warm-up rounds (pytest-benchmark, `make speed`); raw numbers in `speed.json`.",
         "",
         markdown_speed(frame),
     ]
     variants = variant_rows(data, frame)
     if variants:
         lines += ["", "Opt-in switches, kept off by default unless faster:", "", *variants]
+    return lines
+
+
+def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int, others: tuple[dict, ...] = ()) -> str:
+    """The report: ``data``'s kind with its operator profiles, then each of ``others`` (benchmark files of other
+    CPU kinds, or of this one under an instruction-set cap) with its own table."""
+    lines = [
+        "# dip-bench: speed of one training iteration",
+        "",
+        "- Authors' code: their network and loop as written, re-implemented in `bench/authors.py` (fp32, contiguous, eager,",
+        "  plain Adam, the loss read on the host every step), timed in the same run as both paths; without the two PSNRs",
+        "  their closure computes per step, so each ratio to it is a lower bound.",
+        "- One iteration = perturbed input, forward, masked MSE, backward, Adam step (the paper network, 2,217,573 parameters);",
+        "  median over rounds after 2 warm-up rounds (pytest-benchmark, `make speed`); raw numbers in the JSON files named below.",
+        "- Every ratio is taken within one run (one process, one machine): never across the sections.",
+        "",
+        f"## {kind_label(data)}",
+        "",
+        *kind_section(data),
+    ]
     for path, rows in profiles.items():
         lines += [
             "",
-            f"## Where the time goes: {path} path, {profile_size}x{profile_size} (torch.profiler, self time)",
+            f"### Where the time goes: {path} path, {profile_size}x{profile_size} (torch.profiler, self time)",
             "",
             markdown_profile(rows),
         ]
+    for other in others:
+        lines += ["", f"## {kind_label(other)}", "", *kind_section(other)]
     return "\n".join(lines) + "\n"

@@ -108,9 +108,9 @@ def cmd_speed_report(args: argparse.Namespace) -> int:
     from bench.speed import operator_profile
 
     check_size(args.profile_size)
-    data = load_benchmarks(args.json)
+    data, *others = [load_benchmarks(path) for path in args.json]
     profiles = {path: operator_profile(path, args.profile_size, device=args.device) for path in ("reference", "fast")}
-    text = render_speed(data, profiles, args.profile_size)
+    text = render_speed(data, profiles, args.profile_size, tuple(others))
     write_text_atomic(args.out, text)
     print(text)
     print(f"Speed report written to {args.out}")

@@ -213,6 +213,23 @@ def test_a_user_method_from_a_file_outside_the_repository_runs(tmp_path, data_di
     assert record.psnr > 0
 
 
+def test_a_methods_run_and_report_are_named_by_the_method_not_the_built_in_ones(tmp_path, data_dir, monkeypatch, capsys):
+    """Without --results-dir a method's run goes to runs/<profile>-<name>/ and --publish writes
+    reports/<profile>-<name>.md: the built-in method's runs/smoke/ and reports/smoke.md are not touched."""
+    import bench.commands.run
+    import bench.paths
+
+    path = tmp_path / "tiny_method.py"
+    path.write_text(USER_METHOD)
+    monkeypatch.setattr(bench.commands.run, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(bench.paths, "REPORTS_DIR", tmp_path / "reports")
+    code = main(["run", "--method", str(path), *TINY, "--data-dir", str(data_dir), "--publish"])
+    assert code == 0, capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["smoke-tiny"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["smoke-tiny", "smoke-tiny.md"]
+    assert load_records(tmp_path / "runs" / "smoke-tiny")[0].config.method.name == "tiny"
+
+
 def test_the_docs_show_the_example_method_as_it_is():
     page = (REPO / "docs" / "methods.md").read_text()
     assert EXAMPLE.read_text() in page  # the page's code is the file the next test runs

@@ -62,7 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                               tuple(args.slurm_params))
     profile = choose_profile(args)
     config = build_config(profile, config_overrides(args))
-    results_dir = args.results_dir or RUNS_DIR / run_name(config.profile, config.recipe_name)
+    # named by the method's own name (a method from a Python path names itself), so that no other method's
+    # run shares runs/<profile>/ or overwrites its published report
+    name = run_name(config.profile, config.recipe_name, config.loaded_method().method.name)
+    results_dir = args.results_dir or RUNS_DIR / name
     if options.executor == "slurm" and (args.others or args.publish):
         raise BenchError("--with and --publish need the finished records: run `python -m bench report` once the jobs are done")
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
@@ -71,18 +74,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = execute(config, options, data_dir(args.data_dir), results_dir, progress=args.progress, log_every=args.log_every)
     if isinstance(result, Submitted):
         return say_submitted(result, results_dir)
-    return report_finished(result, config, args, others, results_dir)
+    return report_finished(result, name, args, others, results_dir)
 
 
-def report_finished(result: Finished, config, args: argparse.Namespace, others: dict, results_dir) -> int:
-    """Write and print the run's report; exit 1 if a cell failed or a job ended without its cell."""
+def report_finished(result: Finished, name: str, args: argparse.Namespace, others: dict, results_dir) -> int:
+    """Write and print the run's report (published as reports/``name``.md with --publish); exit 1 if a cell failed or a job ended without its cell."""
     records, failures = result.outcome.records, result.outcome.failures
     if records:
         rows = paper_coverage(records, results_dir)
         report_path = write_report(records, RunDir(results_dir).report, others=others, results_dir=results_dir,
                                    failures=failures, coverage=rows)
         if args.publish:
-            report_path = write_report(records, *published_paths(run_name(config.profile, config.recipe_name)),
+            report_path = write_report(records, *published_paths(name),
                                        others=others, results_dir=results_dir, failures=failures, coverage=rows)
         print(render(records, others, failures=failures))
         print(f"Report written to {report_path}")

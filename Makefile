@@ -31,12 +31,14 @@ methods:
 test:
 	$(PY) -m pytest
 
-# The committed comparison of methods (docs/methods.md): the built-in method and deepinv's ConvDecoder at the quick
-# budget (11 images x 3 seeds each; the built-in run is the longer one), as reports/quick-convdecoder.md with the built-in
-# run as a column and both runs' records beside it. Needs `make methods`. Finished cells are skipped on a re-run.
+# The committed comparison of methods (docs/methods.md): deepinv's ConvDecoder at the quick budget (11 images x 3
+# seeds), as written (linear head) and with DIP's sigmoid head, against the built-in method's committed quick run
+# (reports/quick/records: `make bench-quick` re-runs it), as reports/quick-convdecoder.md with every run's records
+# beside it. About 10 minutes on a 2-core CPU; needs `make methods`. Finished cells are skipped on a re-run.
 bench-methods:
-	$(PY) -m bench run --profile quick --no-progress
-	$(PY) -m bench run --profile quick --method convdecoder --no-progress --publish --with "dip-bench=$(RUNS_DIR)/quick"
+	$(PY) -m bench run --profile quick --method convdecoder --head sigmoid --no-progress --results-dir $(RUNS_DIR)/quick-convdecoder-sigmoid
+	$(PY) -m bench run --profile quick --method convdecoder --no-progress --publish --with "dip-bench=reports/quick/records" \
+		--with "convdecoder-sigmoid=$(RUNS_DIR)/quick-convdecoder-sigmoid"
 
 # The main job. Where torch sees a GPU: the paper profile (Table 1's protocol) with the seed reproduction's recipe
 # as a column; elsewhere: the brief profile, then what to run next. Both also score the published outputs.

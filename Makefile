@@ -113,7 +113,6 @@ spread:
 power:
 	$(PY) -m bench power
 
-# one training iteration: the authors' code, the reference and the fast path, at 128x128 and 256x256 (pytest-benchmark)
 # One iteration of the authors' code and both paths on this CPU (reports/speed.json), and reports/speed.md from it
 # with reports/speed-avx2cap.json as a second section where `make speed-avx2` has written one.
 SPEED_BENCH = $(PY) -m pytest bench/bench_speed.py -p no:cacheprovider --benchmark-only -o addopts=""

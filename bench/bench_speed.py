@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from bench.provenance import ISA_CAP_VARIABLES, cpu_kind
+from bench.provenance import cpu_kind, isa_caps
 from bench.speed import anchor_step, make_anchor, make_trainer, train_step
 from bench.train import gflop_per_iteration
 from dip.nets import SkipNetConfig
@@ -38,7 +38,7 @@ def test_train_step(benchmark, path: str, size: int) -> None:
         size=size,
         device=str(stepper.device),
         cpu_kind=cpu_kind(),
-        isa_caps={k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ},  # a stand-in for another kind
+        isa_caps=isa_caps(),  # a stand-in for another kind
         gflop_per_iter=gflop_per_iteration(SkipNetConfig(), size, size),
         **how,
     )

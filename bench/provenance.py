@@ -59,6 +59,11 @@ def cpu_vendor() -> str:
     return _cpu_info().get("vendor_id_raw") or "unknown"
 
 
+def isa_caps() -> dict[str, str]:
+    """The instruction-set caps set in this process's environment (:data:`ISA_CAP_VARIABLES`)."""
+    return {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ}
+
+
 def cpu_kind() -> str:
     """This CPU's vendor and kind, e.g. 'AuthenticAMD, AVX2, no fast bf16' (an instruction-set cap is not applied)."""
     kind = cpu_kind_label(bool(torch.cpu._is_amx_tile_supported()), bool(torch.cpu._is_avx512_bf16_supported()),
@@ -95,7 +100,7 @@ def provenance(device: torch.device) -> dict:
         # The CPU kind, which decides the bf16 kernels and so the last bits of a trained PSNR.
         "cpu_amx": bool(torch.cpu._is_amx_tile_supported()),
         "cpu_avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
-        "isa_caps": {k: os.environ[k] for k in ISA_CAP_VARIABLES if k in os.environ},
+        "isa_caps": isa_caps(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

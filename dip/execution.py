@@ -8,11 +8,12 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes; fp16 adds a GradScaler
 # The values of the execution fields on the reference path: the recipe exactly as written (eager fp32,
 # contiguous tensors, plain Adam).
 REFERENCE_EXECUTION = {"precision": "fp32", "channels_last": False, "fused_adam": False, "tf32": False,
-                       "cudnn_benchmark": False, "compile": False, "cuda_graphs": False, "winograd": False}
+                       "cudnn_benchmark": False, "compile": False, "cuda_graphs": False, "winograd": False,
+                       "keep_heap": False}
 EXECUTION_FIELDS = tuple(REFERENCE_EXECUTION)
 # The fields an execution path chooses unless the user sets them (the harness resolves them per machine:
 # "auto" precision, None switches); compile and CUDA graphs are always the user's explicit choice.
-PATH_CHOSEN_FIELDS = ("precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark", "winograd")
+PATH_CHOSEN_FIELDS = ("precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark", "winograd", "keep_heap")
 
 
 def execution_path(recipe: dict) -> str:

@@ -46,6 +46,9 @@ class RestoreConfig:
     # fp32 3x3 stride-1 convolutions with outputs of at least 64x64 pixels by Winograd F(4x4, 3x3)
     # (dip.winograd): 4x fewer multiplications, forward and backward; rounding within 1e-5 of direct.
     winograd: bool = False
+    # CPU, glibc: malloc keeps freed memory during each step (dip.heap) instead of unmapping the large
+    # fp32 tensors, which the kernel then zeroes page by page at every step; nothing computed changes.
+    keep_heap: bool = False
     timer_warmup: int = 5
     timer_window: int = 50
     # The network's hyper-parameters: z has net.in_channels channels, the image net.out_channels.

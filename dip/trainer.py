@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dip import heap
 from dip.graphs import WholeStepGraphs
 from dip.inputs import NetInput
 from dip.recipe import RestoreConfig
@@ -61,6 +62,10 @@ def check_device(config: RestoreConfig, device: torch.device) -> None:
     cuda_only = [name for name in ("tf32", "cudnn_benchmark", "cuda_graphs") if getattr(config, name)]
     if device.type != "cuda" and cuda_only:
         raise ValueError(f"{', '.join(cuda_only)} need{'s' if len(cuda_only) == 1 else ''} a CUDA device")
+    if config.keep_heap and device.type != "cpu":
+        raise ValueError("keep_heap is a CPU switch (glibc's malloc); CUDA tensors do not use it")
+    if config.keep_heap and not heap.available():
+        raise ValueError("keep_heap needs glibc's malloc (Linux with glibc)")
 
 
 @contextlib.contextmanager
@@ -86,11 +91,11 @@ def _cuda_step(device: torch.device, config: RestoreConfig) -> Iterator[None]:
 
 def step_context(device: torch.device, config: RestoreConfig) -> contextlib.AbstractContextManager:
     """What one step (or any work of a trainer's network) on ``device`` runs under: on CUDA, ``device``
-    made the current device and ``config``'s TF32 and autotuning flags set, all restored after; nothing
-    elsewhere (the CPU path is untouched)."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return _cuda_step(device, config)
+    made the current device and ``config``'s TF32 and autotuning flags set; on a CPU with ``keep_heap``,
+    malloc keeping freed memory (dip.heap); all restored after. Otherwise nothing."""
+    if device.type == "cuda":
+        return _cuda_step(device, config)
+    return heap.kept_heap() if config.keep_heap else contextlib.nullcontext()
 
 
 def adam_step_device(group: dict, device: torch.device) -> torch.device:

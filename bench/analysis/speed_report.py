@@ -43,7 +43,8 @@ def speed_table(data: dict) -> pd.DataFrame:
         row[f"{info['path']}_gflops"] = info["gflop_per_iter"] / (ms / 1e3)
         row[f"{info['path']}_rounds"] = bench["stats"]["rounds"]
         row[f"{info['path']}_how"] = (f"{info['precision']}, channels_last {info['channels_last']}, fused Adam {info['fused_adam']}"
-                                      + (", Winograd 3x3 convolutions" if info.get("winograd") else ""))
+                                      + (", Winograd 3x3 convolutions" if info.get("winograd") else "")
+                                      + (", heap kept" if info.get("keep_heap") else ""))
     missing = [s for s, r in rows.items() if not {"reference_ms", "fast_ms"} <= r.keys()]
     if missing:
         raise BenchError(f"benchmark file lacks a reference or fast result at size {missing}")

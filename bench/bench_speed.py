@@ -28,13 +28,13 @@ def test_train_step(benchmark, path: str, size: int) -> None:
         # The authors' code as written: fp32, contiguous, eager, plain Adam (bench/authors.py).
         stepper, step = make_anchor(size), anchor_step
         how = {"precision": "fp32", "channels_last": False, "fused_adam": False, "compile": False, "winograd": False,
-               "keep_heap": False}
+               "matmul_1x1": False, "keep_heap": False}
     else:
         stepper, step = make_trainer(path, size), train_step
         config = stepper.config
         how = {"precision": config.precision, "channels_last": config.channels_last,
                "fused_adam": config.fused_adam, "compile": config.compile, "winograd": config.winograd,
-               "keep_heap": config.keep_heap}
+               "matmul_1x1": config.matmul_1x1, "keep_heap": config.keep_heap}
     benchmark.extra_info.update(
         path=path,
         size=size,

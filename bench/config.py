@@ -63,6 +63,7 @@ class RunConfig:
     tf32: bool | None = None  # CUDA only
     cudnn_benchmark: bool | None = None  # CUDA only
     winograd: bool | None = None  # fp32 3x3 convolutions by Winograd F(4x4, 3x3); the fast path's on an AVX2 CPU (fp32)
+    matmul_1x1: bool | None = None  # fp32 1x1 convolutions as one matmul; the fast path's where Winograd is
     keep_heap: bool | None = None  # CPU, glibc: malloc keeps freed memory during steps; the fast path's in fp32
     # Cells of one image size trained at a time as one batched model (dip.batched); 1: each cell alone.
     # What fills a large GPU; on a CPU the grouped convolutions are slower than one cell at a time.

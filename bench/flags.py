@@ -66,6 +66,7 @@ HELP: dict[str, str] = {
     "run.cudnn_benchmark": "CUDA only: autotune cuDNN's convolution algorithms; the fast path does",
     "run.winograd": "fp32 3x3 convolutions with outputs of at least 64x64 pixels by Winograd F(4x4, 3x3), "
                     "4x fewer multiplications; the fast path uses it where a CPU runs them fp32 with AVX2 (no AVX-512)",
+    "run.matmul_1x1": "fp32 1x1 convolutions as one matrix product; the fast path uses it where it uses Winograd",
     "run.keep_heap": "CPU, glibc: malloc keeps freed memory during each step instead of unmapping the large "
                      "fp32 tensors (no page faults; the process keeps its peak memory); the fast path uses it in fp32",
     "run.cells_per_gpu": "cells of one image size trained at once as one batched model (fills a GPU; "

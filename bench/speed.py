@@ -97,6 +97,7 @@ class RatioMeasurement:
     fast_precision: str
     authors_s: float | None = None  # the authors' code (bench.authors), when it was timed too
     fast_winograd: bool = False  # the fast path's 3x3 convolutions by Winograd (dip.winograd)
+    fast_matmul_1x1: bool = False  # the fast path's 1x1 convolutions as matmuls (dip.conv)
     fast_keep_heap: bool = False  # the fast path's malloc keeping freed memory (dip.heap)
 
     @property
@@ -131,6 +132,7 @@ def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, d
         fast_precision=trainers["fast"].config.precision,
         authors_s=statistics.median(samples["authors"]) if authors else None,
         fast_winograd=trainers["fast"].config.winograd,
+        fast_matmul_1x1=trainers["fast"].config.matmul_1x1,
         fast_keep_heap=trainers["fast"].config.keep_heap,
     )
 

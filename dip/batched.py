@@ -35,7 +35,7 @@ from dip.trainer import Trainer, adam_step_device, autocast_context, step_contex
 def check_batchable(config: RestoreConfig) -> None:
     """Raise ValueError if cells of ``config`` cannot train as one batched model."""
     refused = [name for name, on in (("fp16", config.precision == "fp16"), ("channels_last", config.channels_last),
-                                     ("compile", config.compile), ("winograd", config.winograd)) if on]
+                                     ("compile", config.compile), ("winograd", config.winograd), ("matmul_1x1", config.matmul_1x1)) if on]
     if refused:
         raise ValueError(f"batched cells run fp32 or bf16, contiguous, eager or as CUDA graphs; not with "
                          f"{', '.join(refused)}")

@@ -9,11 +9,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtypes; fp16 adds a GradScaler
 # contiguous tensors, plain Adam).
 REFERENCE_EXECUTION = {"precision": "fp32", "channels_last": False, "fused_adam": False, "tf32": False,
                        "cudnn_benchmark": False, "compile": False, "cuda_graphs": False, "winograd": False,
-                       "keep_heap": False}
+                       "matmul_1x1": False, "keep_heap": False}
 EXECUTION_FIELDS = tuple(REFERENCE_EXECUTION)
 # The fields an execution path chooses unless the user sets them (the harness resolves them per machine:
 # "auto" precision, None switches); compile and CUDA graphs are always the user's explicit choice.
-PATH_CHOSEN_FIELDS = ("precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark", "winograd", "keep_heap")
+PATH_CHOSEN_FIELDS = ("precision", "channels_last", "fused_adam", "tf32", "cudnn_benchmark", "winograd", "matmul_1x1", "keep_heap")
 
 
 def execution_path(recipe: dict) -> str:

@@ -46,6 +46,8 @@ class RestoreConfig:
     # fp32 3x3 stride-1 convolutions with outputs of at least 64x64 pixels by Winograd F(4x4, 3x3)
     # (dip.winograd): 4x fewer multiplications, forward and backward; rounding within 1e-5 of direct.
     winograd: bool = False
+    # fp32 1x1 stride-1 convolutions as one matmul (dip.conv); rounding: the same sum in another order.
+    matmul_1x1: bool = False
     # CPU, glibc: malloc keeps freed memory during each step (dip.heap) instead of unmapping the large
     # fp32 tensors, which the kernel then zeroes page by page at every step; nothing computed changes.
     keep_heap: bool = False

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from dip import heap
+from dip.conv import switch_convolutions
 from dip.graphs import WholeStepGraphs
 from dip.inputs import NetInput
 from dip.recipe import RestoreConfig
 from dip.seeding import seed_everything
-from dip.winograd import use_winograd
 
 # The autocast dtype of each of dip.recipe.PRECISIONS (None: no autocast).
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -152,7 +152,8 @@ class Trainer:
         z = draw(*spec.shape) * spec.scale  # (1, 32, H, W) for the paper's network
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.net = net.to(device, memory_format=memory_format).train()
-        use_winograd(self.net, config.winograd)  # (the 3x3 convs of dip's networks; others stay direct)
+        # (the convs of dip's networks, dip.conv; other modules' stay nn.Conv2d)
+        switch_convolutions(self.net, winograd=config.winograd, matmul_1x1=config.matmul_1x1)
         self.z = z.to(device).contiguous(memory_format=memory_format)
         self.noise_gen = torch.Generator(device=device).manual_seed(seed)
         # Reused every step, and always drawn in the reference (NCHW) layout: normal_ fills memory in

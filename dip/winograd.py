@@ -1,6 +1,6 @@
 """3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3), in torch ops (an execution
-switch, ``RestoreConfig.winograd``: the networks' convs are this module's :class:`Conv2d`, which is
-``nn.Conv2d`` until :func:`use_winograd` turns it on).
+switch, ``RestoreConfig.winograd``: the networks' convs are :class:`dip.conv.Conv2d`, which is
+``nn.Conv2d`` until :func:`dip.conv.switch_convolutions` turns this algorithm on).
 
 Each 4x4 tile of the output is computed from the 6x6 input tile around it (Lavin & Gray, "Fast
 Algorithms for Convolutional Neural Networks", 2016):
@@ -259,27 +259,3 @@ def winograd_fits(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     height = x.shape[2] + 2 * conv.padding[0] - 2
     width = x.shape[3] + 2 * conv.padding[1] - 2
     return min(height, width) >= MIN_SIDE and height % TILE == 0 and width % TILE == 0
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes its eligible calls by Winograd F(4x4, 3x3) when ``winograd`` is set
-    (see :func:`winograd_fits`); otherwise, and by default, exactly ``nn.Conv2d``. The parameters,
-    their initialisation and the state dict are ``nn.Conv2d``'s."""
-
-    winograd: bool = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.winograd and winograd_fits(x, self)):
-            return super().forward(x)
-        pad_h, pad_w = self.padding
-        if pad_h or pad_w:
-            x = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
-        return WinogradConv3x3.apply(x, self.weight, self.bias)
-
-
-def use_winograd(network: nn.Module, on: bool) -> int:
-    """Switch Winograd on or off in every :class:`Conv2d` of ``network``; returns how many there are."""
-    convs = [module for module in network.modules() if isinstance(module, Conv2d)]
-    for conv in convs:
-        conv.winograd = on
-    return len(convs)

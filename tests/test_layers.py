@@ -96,11 +96,12 @@ def test_dip_modules_import_each_other_without_a_cycle():
 
 def test_the_network_layers_point_one_way():
     """config <- blocks <- skipnet, seednet <- dip.nets; the method (trainer, restore) knows no network. The
-    blocks' convolution (dip.winograd) is a kernel the trainer switches, and knows no network either."""
+    blocks' convolution (dip.conv, with dip.winograd) has algorithms the trainer switches, and knows no network either."""
     graph = dip_imports()
     assert graph["dip.nets.config"] == set()
     assert graph["dip.winograd"] == set()
-    assert graph["dip.nets.blocks"] == {"dip.nets.config", "dip.winograd"}
+    assert graph["dip.conv"] == {"dip.winograd"}
+    assert graph["dip.nets.blocks"] == {"dip.nets.config", "dip.conv"}
     assert graph["dip.nets.skipnet"] == graph["dip.nets.seednet"] == {"dip.nets.blocks", "dip.nets.config"}
     assert graph["dip.nets"] == {"dip.nets.config", "dip.nets.skipnet", "dip.nets.seednet"}
     for method in ("dip.trainer", "dip.restore"):

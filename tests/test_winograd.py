@@ -17,7 +17,8 @@ from dip.batched import check_batchable
 from dip.nets import SkipNetConfig
 from dip.nets.skipnet import SkipNet
 from dip.recipe import RestoreConfig
-from dip.winograd import MIN_SIDE, Conv2d, WinogradConv3x3, bands, toom_cook, use_winograd
+from dip.conv import Conv2d, switch_convolutions
+from dip.winograd import MIN_SIDE, WinogradConv3x3, bands, toom_cook
 
 # fp32 rounding of F(4x4, 3x3), relative to the largest output (or gradient) entry, as measured against
 # float64 direct convolution on the paper network's shapes: up to 9e-6 (direct fp32: 2.5e-7). The bound
@@ -186,7 +187,7 @@ def test_the_paper_network_with_winograd_is_as_accurate_as_with_direct_convoluti
 
     exact = outputs_and_grads(copy.deepcopy(net).double(), z.double())
     direct = outputs_and_grads(net, z)
-    assert use_winograd(net, True) == 25  # every conv but the 1x1 head; only those that fit take Winograd
+    assert switch_convolutions(net, winograd=True, matmul_1x1=False) == 26  # every conv; only those that fit take Winograd
     winograd = outputs_and_grads(net, z)
 
     def worst(case: tuple) -> tuple[float, float]:

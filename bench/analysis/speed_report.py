@@ -44,6 +44,7 @@ def speed_table(data: dict) -> pd.DataFrame:
         row[f"{info['path']}_rounds"] = bench["stats"]["rounds"]
         row[f"{info['path']}_how"] = (f"{info['precision']}, channels_last {info['channels_last']}, fused Adam {info['fused_adam']}"
                                       + (", Winograd 3x3 convolutions" if info.get("winograd") else "")
+                                      + (", 1x1 convolutions as matmuls" if info.get("matmul_1x1") else "")
                                       + (", heap kept" if info.get("keep_heap") else ""))
     missing = [s for s, r in rows.items() if not {"reference_ms", "fast_ms"} <= r.keys()]
     if missing:

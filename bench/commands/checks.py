@@ -84,7 +84,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     m = measure_ratio(args.size, rounds=args.rounds, steps=args.steps, device=args.device, authors=args.authors)
     print(
         f"{m.size}x{m.size}: reference ({m.reference_precision}) {m.reference_s * 1e3:.0f} ms/iter, "
-        f"fast ({m.fast_precision}{', Winograd' if m.fast_winograd else ''}{', heap kept' if m.fast_keep_heap else ''}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
+        f"fast ({m.fast_precision}{', Winograd' if m.fast_winograd else ''}{', 1x1 matmuls' if m.fast_matmul_1x1 else ''}{', heap kept' if m.fast_keep_heap else ''}) {m.fast_s * 1e3:.0f} ms/iter: speed-up {m.ratio:.2f}x "
         f"(median of {m.rounds} alternating rounds of {m.steps_per_round} steps)"
     )
     if m.authors_s is not None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dip.nets.config import SkipNetConfig
-from dip.winograd import Conv2d
+from dip.conv import Conv2d
 
 
 class ReflectionPad(nn.ReflectionPad2d):
@@ -29,7 +29,7 @@ class ReflectionPad(nn.ReflectionPad2d):
 
 def conv(config: SkipNetConfig, c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Module:
     """Convolution with bias and 'same' padding (reflection by default) applied explicitly. The conv is
-    ``nn.Conv2d`` unless Winograd is switched on (``dip.winograd.use_winograd``)."""
+    ``nn.Conv2d`` unless a faster algorithm is switched on (``dip.conv.switch_convolutions``)."""
     pad = (kernel - 1) // 2
     if pad == 0:
         return Conv2d(c_in, c_out, kernel, stride=stride)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dip.nets.blocks import conv_bn_act, down_block, merge_block, upsample
+from dip.nets.blocks import Conv2d, conv_bn_act, down_block, merge_block, upsample
 from dip.nets.config import SkipNetConfig
 
 
@@ -38,7 +38,7 @@ class SeedNet(nn.Module):
         self.ups = nn.ModuleList(
             nn.Sequential(merge_block(cfg, c_skip if i == 0 else c_up + c_skip), upsample(cfg)) for i in range(cfg.scales)
         )
-        self.head = nn.Conv2d(c_up, cfg.out_channels, 1)
+        self.head = Conv2d(c_up, cfg.out_channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dip.nets.blocks import conv_bn_act, down_block, merge_block, upsample
+from dip.nets.blocks import Conv2d, conv_bn_act, down_block, merge_block, upsample
 from dip.nets.config import SkipNetConfig
 
 
@@ -56,7 +56,7 @@ class SkipNet(nn.Module):
             c_in = cfg.in_channels if i == 0 else cfg.channels_down
             inner = Scale(cfg, c_in, inner)
         self.body = inner
-        self.head = nn.Conv2d(cfg.channels_up, cfg.out_channels, 1)
+        self.head = Conv2d(cfg.channels_up, cfg.out_channels, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.head(self.body(z)))

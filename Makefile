@@ -15,7 +15,7 @@ TORCH_CUDA = $(PY) -c 'import torch; print(torch.__version__, torch.cuda.is_avai
 # Where `python -m bench run` puts its results ($DIP_RUNS_DIR, else runs/), for targets that read one run in another.
 RUNS_DIR = $(or $(DIP_RUNS_DIR),runs)
 
-.PHONY: setup methods bench-methods test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed speed-avx2 gpu-check gpu-session wheelhouse clean-runs
+.PHONY: setup methods bench-methods test bench bench-brief bench-quick bench-paper campaign campaign-report readme ablations check spread power baseline speed speed-avx2 speed-report gpu-check gpu-session wheelhouse clean-runs
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -113,17 +113,22 @@ spread:
 power:
 	$(PY) -m bench power
 
-# One iteration of the authors' code and both paths on this CPU (reports/speed.json), and reports/speed.md from it
-# with reports/speed-avx2cap.json as a second section where `make speed-avx2` has written one.
+# One iteration of the authors' code and both paths on this CPU (reports/speed-<CPU kind>.json), and
+# reports/speed.md from every reports/speed-*.json there is: one section per CPU kind (and per cap).
 SPEED_BENCH = $(PY) -m pytest bench/bench_speed.py -p no:cacheprovider --benchmark-only -o addopts=""
 AVX2_CAP = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+CPU_KIND = $$($(PY) -c "from bench.provenance import cpu_kind_slug; print(cpu_kind_slug())")
 speed:
-	$(SPEED_BENCH) --benchmark-json=reports/speed.json
-	$(PY) -m bench speed-report --json reports/speed.json $(if $(wildcard reports/speed-avx2cap.json),--json reports/speed-avx2cap.json) --out reports/speed.md
+	$(SPEED_BENCH) --benchmark-json=reports/speed-$(CPU_KIND).json
+	$(MAKE) speed-report
+
+speed-report:
+	$(PY) -m bench speed-report $$(for f in reports/speed-*.json; do printf -- '--json %s ' "$$f"; done) --out reports/speed.md
 
 # The same under an AVX2 cap (oneDNN, ATen and MKL): the stand-in for an AVX2-only CPU on a newer x86 one.
 speed-avx2:
-	$(AVX2_CAP) $(SPEED_BENCH) --benchmark-json=reports/speed-avx2cap.json
+	$(AVX2_CAP) $(SPEED_BENCH) --benchmark-json=reports/speed-$(CPU_KIND)-avx2cap.json
+	$(MAKE) speed-report
 
 # re-record both goldens after an intended change of the recipe's math (commit them with the reason)
 baseline:

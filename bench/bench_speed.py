@@ -1,7 +1,7 @@
 """pytest-benchmark suite: one training iteration of the paper network, the authors' code as the anchor,
 then dip-bench's reference and fast paths.
 
-Run with ``make speed`` (it writes reports/speed.json and reports/speed.md). Not part of ``make test``:
+Run with ``make speed`` (it writes reports/speed-<CPU kind>.json and reports/speed.md from all of them). Not part of ``make test``:
 benchmarks measure, they do not assert.
 """
 

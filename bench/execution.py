@@ -108,8 +108,9 @@ def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> R
         # batched cells (vmap) take no custom autograd function
         winograd=pick(config.winograd, not on_cuda and precision == "fp32" and cpu_convolutions_run_avx2()
                       and config.cells_per_gpu == 1),
+        # (not under torch.compile, which fails on it beside Winograd: dip.trainer.check_device)
         matmul_1x1=pick(config.matmul_1x1, not on_cuda and precision == "fp32" and cpu_convolutions_run_avx2()
-                        and config.cells_per_gpu == 1),
+                        and config.cells_per_gpu == 1 and not config.recipe.compile),
         # Measured where the step runs fp32 (docs/speed.md, "Page faults"); where bf16 is fast its tensors are
         # half the size, below glibc's mmap ceiling, and keeping the heap was not measured to pay there
         keep_heap=pick(config.keep_heap, not on_cuda and precision == "fp32" and heap.available()),

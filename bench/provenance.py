@@ -71,6 +71,19 @@ def cpu_kind() -> str:
     return f"{cpu_vendor()}, {kind}"
 
 
+def cpu_kind_slug() -> str:
+    """This CPU's kind as a file name: 'intel-amx', 'amd-avx512-bf16' or e.g. 'amd-avx2' (``make speed``'s
+    reports/speed-<kind>.json; an instruction-set cap is not applied: ``make speed-avx2`` names its own)."""
+    vendor = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}.get(cpu_vendor(), "cpu")
+    if torch.cpu._is_amx_tile_supported():
+        kind = "amx"
+    elif torch.cpu._is_avx512_bf16_supported():
+        kind = "avx512-bf16"
+    else:
+        kind = torch.backends.cpu.get_cpu_capability().lower().replace("_", "-")
+    return f"{vendor}-{kind}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -62,6 +62,10 @@ def check_device(config: RestoreConfig, device: torch.device) -> None:
     cuda_only = [name for name in ("tf32", "cudnn_benchmark", "cuda_graphs") if getattr(config, name)]
     if device.type != "cuda" and cuda_only:
         raise ValueError(f"{', '.join(cuda_only)} need{'s' if len(cuda_only) == 1 else ''} a CUDA device")
+    if config.matmul_1x1 and config.compile:
+        # torch 2.13's Inductor fails on it beside Winograd's band loop ("cannot determine truth value of
+        # Relational"); compile fuses the network its own way, so the two are alternatives
+        raise ValueError("matmul_1x1 and compile do not go together; leave one off (--no-matmul-1x1)")
     if config.keep_heap and device.type != "cpu":
         raise ValueError("keep_heap is a CPU switch (glibc's malloc); CUDA tensors do not use it")
     if config.keep_heap and not heap.available():

@@ -289,12 +289,12 @@ def test_power_fails_when_a_mutation_is_missed(data_dir, tmp_path, monkeypatch, 
 
 
 def test_speed_report_renders_a_benchmark_file_with_a_profile(tmp_path, capsys):
-    """The committed reports/speed.json through speed-report, profiled at 64x64 on the CPU."""
+    """The committed reports/speed-intel-amx.json through speed-report, profiled at 64x64 on the CPU."""
     out = tmp_path / "speed.md"
-    assert main(["speed-report", "--json", str(REPO_ROOT / "reports" / "speed.json"), "--out", str(out),
+    assert main(["speed-report", "--json", str(REPO_ROOT / "reports" / "speed-intel-amx.json"), "--out", str(out),
                  "--profile-size", "64", "--device", "cpu"]) == 0
     text = out.read_text()
-    sizes = {b["extra_info"]["size"] for b in read_json(REPO_ROOT / "reports" / "speed.json", "speed")["benchmarks"]}
+    sizes = {b["extra_info"]["size"] for b in read_json(REPO_ROOT / "reports" / "speed-intel-amx.json", "speed")["benchmarks"]}
     assert all(re.search(rf"^\| {s}x{s} ", text, re.MULTILINE) for s in sizes), text
     assert capsys.readouterr().out.rstrip().endswith(f"Speed report written to {out}")
     (tmp_path / "empty.json").write_text(json.dumps({"benchmarks": []}))

@@ -16,6 +16,7 @@ from dip.conv import Conv2d, conv1x1_matmul, switch_convolutions
 from dip.nets import SkipNetConfig
 from dip.nets.skipnet import SkipNet
 from dip.recipe import RestoreConfig
+from dip.trainer import check_device
 
 
 def conv_and_input(channels_in: int = 16, channels_out: int = 8, side: int = 12, **kwargs) -> tuple[Conv2d, torch.Tensor]:
@@ -94,3 +95,12 @@ def test_explicit_flags_override_the_paths_choice():
 def test_batched_cells_refuse_it():
     with pytest.raises(ValueError, match="matmul_1x1"):
         check_batchable(dataclasses.replace(RestoreConfig(), matmul_1x1=True))
+
+
+def test_it_is_not_the_paths_choice_under_compile_and_refused_with_it(monkeypatch):
+    monkeypatch.setattr(bench.execution, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(bench.execution, "cpu_convolutions_run_avx2", lambda: True)
+    cpu = torch.device("cpu")
+    assert not cell_recipe(build_config("smoke", parse("--compile")), cpu, 1).matmul_1x1
+    with pytest.raises(ValueError, match="matmul_1x1 and compile do not go together"):
+        check_device(dataclasses.replace(RestoreConfig(), matmul_1x1=True, compile=True), cpu)

@@ -239,6 +239,16 @@ def is_done_on_any_node(cell: Cell) -> bool:
     return record is not None and _without_node_fields(record.config) == _without_node_fields(cell.config)
 
 
+def leaves_execution_to_the_machine(config: RunConfig) -> bool:
+    """Whether ``config`` sets none of :data:`NODE_FIELDS` itself: device "auto", precision "auto" and every
+    other path-chosen switch unset. Its cells then run as the machine at hand resolves them, and a
+    record of the same cell resolved on another machine (a campaign whose sessions land on different CPU
+    kinds, say) is the same measurement: it counts as done instead of being trained again and replaced."""
+    switches = [name for name in PATH_CHOSEN_FIELDS if name != "precision"]
+    return (config.device == "auto" and config.precision == "auto"
+            and all(getattr(config, name) is None for name in switches))
+
+
 def _without_node_fields(config: RecordConfig) -> dict:
     config = config.to_dict()
     for name in NODE_FIELDS:
@@ -265,9 +275,12 @@ def adopt(cell: Cell, source_dir: Path) -> bool:
 
 
 def plan_run(config: RunConfig, data_dir: Path, results_dir: Path, *, reuse_from: Path | None = None,
-             device: torch.device | None = None, done=is_done) -> tuple[list[Cell], list[Cell]]:
+             device: torch.device | None = None, done=None) -> tuple[list[Cell], list[Cell]]:
     """All cells of ``config``, loaded and checked, and those still to train (``done`` says which are
-    finished); the results directory is checked for writes and space. Raises BenchError."""
+    finished: by default :func:`is_done`, or :func:`is_done_on_any_node` where ``config`` leaves the
+    execution to the machine); the results directory is checked for writes and space. Raises BenchError."""
+    if done is None:
+        done = is_done_on_any_node if leaves_execution_to_the_machine(config) else is_done
     device = device or resolve_device(config.device)
     cells = plan_cells(config, data_dir, results_dir, device)
     check_writable(results_dir, cells, config.cells_per_gpu)

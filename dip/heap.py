@@ -6,7 +6,7 @@ unmaps it when it is freed; the threshold adapts upwards to the blocks freed, bu
 256x256 are larger: (1, 128, 256, 256) is 33.5 MB, (1, 132, 256, 256) 34.6 MB. So every step maps
 them anew and the kernel zeroes them page by page on first touch: measured on a 2-core AMD EPYC with
 AVX2 only, the fast path's fp32 step faulted about 254,000 pages (1 GB) a step and spent about half of
-its 2 s in the kernel (docs/speed.md, "Page faults").
+its 2 s in the kernel (docs/speed.md, "Page faults and keep_heap").
 
 Inside :func:`kept_heap` no block is mmapped and the heap's top is never trimmed, so freed blocks stay
 in the process for the next step's tensors. The settings are process-wide, so they are put back after

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 import bench.execution
 from bench.config import PROFILES, build_config
 from bench.execution import cell_recipe
-from bench.flags import OneLineParser, add_config_flags
 from dip.batched import check_batchable
 from dip.conv import Conv2d, conv1x1_matmul, switch_convolutions
 from dip.nets import SkipNetConfig
 from dip.nets.skipnet import SkipNet
 from dip.recipe import RestoreConfig
 from dip.trainer import check_device
+from tests.test_config import parse
 
 
 def conv_and_input(channels_in: int = 16, channels_out: int = 8, side: int = 12, **kwargs) -> tuple[Conv2d, torch.Tensor]:
@@ -69,12 +69,6 @@ def test_every_conv_of_the_paper_network_is_switched():
     net = SkipNet(SkipNetConfig())
     assert switch_convolutions(net, winograd=False, matmul_1x1=True) == 26  # the 1x1 head included
     assert all(m.matmul_1x1 and not m.winograd for m in net.modules() if isinstance(m, Conv2d))
-
-
-def parse(*argv: str) -> dict:
-    parser = OneLineParser(prog="t")
-    add_config_flags(parser)
-    return dict(vars(parser.parse_args(list(argv))))
 
 
 @pytest.mark.parametrize("fast_bf16, avx2, expected", [(False, True, True), (False, False, False), (True, True, False)])

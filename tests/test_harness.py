@@ -11,7 +11,7 @@ from bench.config import build_config
 from bench.estimate import estimate_seconds, measure_ms_per_iter
 from bench.errors import BenchError
 from bench.record import MethodSpec, Record
-from bench.records import load_records, read_record
+from bench.records import load_records, read_record, write_record
 from bench.runner import run
 from dip.nets.config import SkipNetConfig
 from dip.restore import DivergenceError
@@ -55,6 +55,28 @@ def test_rerun_skips_complete_records_and_reruns_changed_ones(tmp_path, data_dir
     changed = build_config("smoke", {**TINY, "recipe.iterations": 8})
     run(changed, data_dir, tmp_path, progress=False)
     assert read_record(path).config.recipe.iterations == 8
+
+
+def test_a_record_resolved_on_another_machine_counts_as_done_unless_the_run_sets_the_execution(tmp_path, data_dir, capsys):
+    """A campaign whose sessions land on different CPU kinds: a cell finished where bf16 is fast (its record
+    says bf16, channels_last) is not trained again and replaced where the fast path runs fp32, as long as
+    the run leaves the execution to the machine; a run that sets an execution flag itself re-runs it."""
+    on_this_machine = {k: v for k, v in TINY.items() if k != "run.device"}  # device auto: no GPU on CI
+    run(build_config("smoke", on_this_machine), data_dir, tmp_path, progress=False)
+    path = tmp_path / "house_seed0.json"
+    record = read_record(path)
+    other_kind = "bf16" if record.config.recipe.precision == "fp32" else "fp32"
+    elsewhere = dataclasses.replace(record, config=dataclasses.replace(record.config, recipe=dataclasses.replace(
+        record.config.recipe, precision=other_kind, channels_last=other_kind == "bf16", winograd=False,
+        matmul_1x1=False, keep_heap=False)))
+    write_record(path, elsewhere)
+    capsys.readouterr()
+    run(build_config("smoke", on_this_machine), data_dir, tmp_path, progress=False)
+    assert "1 of 1 cells already have complete records" in capsys.readouterr().out
+    assert read_record(path) == elsewhere
+    run(build_config("smoke", {**on_this_machine, "run.precision": record.config.recipe.precision}), data_dir,
+        tmp_path, progress=False)
+    assert read_record(path).config.recipe.precision == record.config.recipe.precision
 
 
 def test_half_written_record_stops_the_run_in_one_line(tmp_path, data_dir):

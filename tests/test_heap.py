@@ -14,9 +14,9 @@ import bench.execution
 import dip.heap
 from bench.config import PROFILES, build_config
 from bench.execution import cell_recipe
-from bench.flags import OneLineParser, add_config_flags
 from dip.recipe import RestoreConfig
 from dip.trainer import check_device
+from tests.test_config import parse
 
 pytestmark = pytest.mark.skipif(not dip.heap.available(), reason="malloc is not glibc's")
 
@@ -68,12 +68,6 @@ def test_without_glibc_the_switch_is_refused_clearly(monkeypatch):
 def test_it_is_a_cpu_switch():
     with pytest.raises(ValueError, match="keep_heap is a CPU switch"):
         check_device(dataclasses.replace(RestoreConfig(), keep_heap=True), torch.device("cuda"))
-
-
-def parse(*argv: str) -> dict:
-    parser = OneLineParser(prog="t")
-    add_config_flags(parser)
-    return dict(vars(parser.parse_args(list(argv))))
 
 
 @pytest.mark.parametrize("fast_bf16, expected", [(False, True), (True, False)])

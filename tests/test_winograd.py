@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from bench.config import PROFILES, build_config
 from bench.execution import cell_recipe
-from bench.flags import OneLineParser, add_config_flags
 from dip.batched import check_batchable
 from dip.nets import SkipNetConfig
 from dip.nets.skipnet import SkipNet
 from dip.recipe import RestoreConfig
 from dip.conv import Conv2d, switch_convolutions
 from dip.winograd import MIN_SIDE, WinogradConv3x3, bands, toom_cook
+from tests.test_config import parse
 
 # fp32 rounding of F(4x4, 3x3), relative to the largest output (or gradient) entry, as measured against
 # float64 direct convolution on the paper network's shapes: up to 9e-6 (direct fp32: 2.5e-7). The bound
@@ -197,12 +197,6 @@ def test_the_paper_network_with_winograd_is_as_accurate_as_with_direct_convoluti
     (out_direct, grad_direct), (out_winograd, grad_winograd) = worst(direct), worst(winograd)
     assert out_winograd < max(2 * out_direct, FP32_BOUND)
     assert grad_winograd < 1.5 * grad_direct
-
-
-def parse(*argv: str) -> dict:
-    parser = OneLineParser(prog="t")
-    add_config_flags(parser)
-    return dict(vars(parser.parse_args(list(argv))))
 
 
 @pytest.mark.parametrize("fast_bf16, avx2, expected", [(False, True, True), (False, False, False), (True, True, False)])

@@ -96,6 +96,11 @@ def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> R
     def pick(value: bool | None, fast_default: bool) -> bool:
         return (fast and fast_default) if value is None else value
 
+    cpu_fp32 = not on_cuda and precision == "fp32"
+    # Winograd and the 1x1 matmuls pay where the convolutions run fp32 and AVX2 on a CPU (docs/speed.md,
+    # "Winograd", "1x1 convolutions"); batched cells (vmap) take neither
+    avx2_fp32_cell = cpu_fp32 and cpu_convolutions_run_avx2() and config.cells_per_gpu == 1
+
     return dataclasses.replace(
         config.recipe,
         precision=precision,
@@ -104,15 +109,11 @@ def cell_recipe(config: RunConfig, device: torch.device, out_channels: int) -> R
         fused_adam=pick(config.fused_adam, True),
         tf32=pick(config.tf32, on_cuda),
         cudnn_benchmark=pick(config.cudnn_benchmark, on_cuda),
-        # Winograd pays where the convolutions run fp32 and AVX2 on a CPU (docs/speed.md, "Winograd");
-        # batched cells (vmap) take no custom autograd function
-        winograd=pick(config.winograd, not on_cuda and precision == "fp32" and cpu_convolutions_run_avx2()
-                      and config.cells_per_gpu == 1),
+        winograd=pick(config.winograd, avx2_fp32_cell),
         # (not under torch.compile, which fails on it beside Winograd: dip.trainer.check_device)
-        matmul_1x1=pick(config.matmul_1x1, not on_cuda and precision == "fp32" and cpu_convolutions_run_avx2()
-                        and config.cells_per_gpu == 1 and not config.recipe.compile),
+        matmul_1x1=pick(config.matmul_1x1, avx2_fp32_cell and not config.recipe.compile),
         # Measured where the step runs fp32 (docs/speed.md, "Page faults"); where bf16 is fast its tensors are
         # half the size, below glibc's mmap ceiling, and keeping the heap was not measured to pay there
-        keep_heap=pick(config.keep_heap, not on_cuda and precision == "fp32" and heap.available()),
+        keep_heap=pick(config.keep_heap, cpu_fp32 and heap.available()),
         net=dataclasses.replace(config.recipe.net, out_channels=out_channels),
     )

@@ -16,9 +16,9 @@ from pathlib import Path
 from bench.config import CHECK_PARTS, PROFILES
 from bench.errors import BenchError, RunStopped
 from bench.executors.options import EXECUTORS
-from bench.flags import OneLineParser, add_config_flags
+from bench.flags import OneLineParser, add_config_flags, parse_comma_list
 from bench.methods import BUILTIN, configured_method
-from bench.paths import GOLDENS_DIR, README_RUN, REPORTS_DIR, RUNS_DIR
+from bench.paths import GOLDENS_DIR, README_RUNS, REPORTS_DIR, RUNS_DIR
 from bench.progress import LOG_EVERY_S
 
 # command -> (module under bench.commands, function): imported only when the command runs.
@@ -99,7 +99,7 @@ def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
                          help="where the check trains (emptied first; default runs/check)")
     check_p.add_argument("--goldens-dir", type=Path, metavar="DIR", default=GOLDENS_DIR, help="default reports/baselines")
     check_p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON here")
-    check_p.add_argument("--images", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=(),
+    check_p.add_argument("--images", type=parse_comma_list, default=(),
                          metavar="A,B", help="fingerprint part only: check these of its images (default: all three)")
     check_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
 
@@ -117,13 +117,14 @@ def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
                          help="the markdown report (default reports/regression-power.md)")
     power_p.add_argument("--work-dir", type=Path, metavar="DIR", default=RUNS_DIR / "power",
                          help="where the mutated copies and their checks run (default runs/power)")
-    power_p.add_argument("--mutations", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+    power_p.add_argument("--mutations", type=parse_comma_list,
                          default=None, metavar="LIST", help="mutations to run, comma-separated (default: all)")
     power_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")
 
     readme_p = commands.add_parser("readme", help="write the README's results table from a published report's records")
-    readme_p.add_argument("--run", default=README_RUN, metavar="NAME",
-                          help=f"the published run whose records fill the table: reports/NAME/records (default {README_RUN})")
+    readme_p.add_argument("--runs", default=README_RUNS, metavar="LIST", type=parse_comma_list,
+                          help="the published runs whose records fill the tables, in order, comma-separated: "
+                               f"reports/NAME/records (default {','.join(README_RUNS)})")
     readme_p.add_argument("--check", action="store_true", help="write nothing; exit 1 if the README's table differs")
 
     docs_p = commands.add_parser("docs", help="write docs/protocol.md's tables of the profiles' and the recipe's "
@@ -186,7 +187,7 @@ def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
 
     abl_p = commands.add_parser("ablate", help="run the recipe ambiguities as variants and write reports/ablations.md")
     abl_p.add_argument("--profile", choices=PROFILES, default="quick", help="profile every variant starts from (default quick)")
-    abl_p.add_argument("--variants", type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()), default=None,
+    abl_p.add_argument("--variants", type=parse_comma_list, default=None,
                        metavar="LIST", help="variants to run, comma-separated (default: all; the baseline always runs); "
                                             "images default to barbara,cman,house, seeds to 0-2")
     abl_p.add_argument("--data-dir", metavar="DIR", help="image directory (default $DIP_DATA_DIR, else datasets/cache)")

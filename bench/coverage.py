@@ -1,6 +1,6 @@
 """How far a run at the paper's protocol has got over Table 1's cells: which are done, which are
 training or stopped (and at which iteration), which are missing, and what each unfinished one still
-costs on the machine that ran the others.
+costs on the machine that ran the latest of the others.
 
 Read from the results directory alone (records, checkpoints, locks), like ``bench status``; the
 rows are plain data, rendered by the torch-free :func:`bench.analysis.tables.coverage_table`.
@@ -47,13 +47,20 @@ def coverage(results_dir: Path, records: list[Record]) -> list[dict]:
 
 
 def ms_per_iter_by_size(records: list[Record]) -> dict[tuple[int, int], tuple[float, str]]:
-    """(ms/iter, basis) per image size: the median over this run's complete records of that size; a size
-    with none is scaled from a measured one by the ratio of pixels (the network's work is linear in them)."""
+    """(ms/iter, basis) per image size: the median over this run's complete records of that size from
+    the machine that ran the latest of them (a campaign may move between CPU kinds: the next cells run
+    where the last one did); a size with none is scaled from a measured one by the ratio of pixels (the
+    network's work is linear in them)."""
+    latest = max(records, key=lambda r: r.provenance.timestamp, default=None)
+    machine = _machine(latest) if latest else None
     measured: dict[tuple[int, int], list[float]] = {}
     for r in records:
-        measured.setdefault(tuple(r.size), []).append(r.ms_per_iter)
+        if _machine(r) == machine:
+            measured.setdefault(tuple(r.size), []).append(r.ms_per_iter)
+    several = len({_machine(r) for r in records}) > 1
+    where = f" on {latest.provenance.device_name} ({latest.provenance.cpu_capability})" if several else ""
     rates = {size: (statistics.median(ms), f"median of this run's {len(ms)} {size[1]}x{size[0]} record"
-                    + ("s" if len(ms) > 1 else "")) for size, ms in measured.items()}
+                    + ("s" if len(ms) > 1 else "") + where) for size, ms in measured.items()}
     if not rates:
         return rates
     base = max(rates, key=lambda s: len(measured[s]))
@@ -61,9 +68,14 @@ def ms_per_iter_by_size(records: list[Record]) -> dict[tuple[int, int], tuple[fl
         size = (info.height, info.width)
         if size not in rates:
             scale = size[0] * size[1] / (base[0] * base[1])
-            rates[size] = (rates[base][0] * scale, f"{base[1]}x{base[0]}'s {rates[base][0]:.0f} ms/iter x {scale:g} "
+            rates[size] = (rates[base][0] * scale, f"{base[1]}x{base[0]}'s {rates[base][0]:.0f} ms/iter{where} x {scale:g} "
                                                    f"(pixels; not measured)")
     return rates
+
+
+def _machine(record: Record) -> tuple[str | None, str | None]:
+    """The CPU or GPU kind a record ran on, as far as speed goes: its name and instruction set."""
+    return record.provenance.device_name, record.provenance.cpu_capability
 
 
 def cell_row(run_dir: RunDir, stem: str, name: str, seed: int, size: tuple[int, int], iterations: int,

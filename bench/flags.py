@@ -141,12 +141,17 @@ def parse_int_list(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def parse_comma_list(text: str) -> tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'): a comma-separated flag value, blanks dropped."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def parse_name_list(text: str) -> tuple[str, ...]:
     """'house,cman' -> ('house', 'cman'); 'all' -> every image of Table 1. Names are resolved (aliases,
     typos) by RunConfig."""
     if text.strip().lower() == "all":
         return ALL_IMAGES
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = parse_comma_list(text)
     if not names:
         raise argparse.ArgumentTypeError(f"empty list {text!r}")
     return names

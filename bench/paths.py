@@ -22,7 +22,9 @@ GOLDENS_DIR = REPORTS_DIR / "baselines"  # the regression check's goldens
 SPREAD_PATH = REPORTS_DIR / "regression-spread.json"  # the measurement its tolerances come from
 README = REPO_ROOT / "README.md"
 PROTOCOL = REPO_ROOT / "docs" / "protocol.md"  # holds the defaults tables that `python -m bench docs` writes
-README_RUN = "brief"  # the published run whose table the README shows: what `make bench` gives without a GPU
+# The published runs whose tables the README shows, in order: the paper's protocol (the campaign), then
+# what `make bench` gives without a GPU.
+README_RUNS = ("paper", "brief")
 
 
 def run_name(profile: str, recipe_name: str = "paper", method: str = "dip-bench") -> str:

@@ -6,7 +6,7 @@ from bench.checkpoints import save_checkpoint
 from bench.coverage import coverage
 from bench.records import write_json_atomic
 from bench.rundir import RunDir
-from tests.test_report import fixture_record, paper_budget, typed
+from tests.test_report import fixture_record, on_avx2_epyc, paper_budget, typed
 
 
 def paper_records() -> list[dict]:
@@ -33,10 +33,19 @@ def test_done_stopped_and_missing_cells_with_the_cost_left(tmp_path):
     assert rows["Barbara"]["basis"] == "256x256's 500 ms/iter x 4 (pixels; not measured)"
     section = coverage_section(list(rows.values()))
     assert section[1] == f"2 of 11 cells done; the others need about {sum(r['hours_left'] or 0 for r in rows.values()):.0f} h " \
-                         "more on the machine that ran this one, one cell at a time."
+                         "more on the machine that ran the latest finished cell, one cell at a time."
     peppers = next(line for line in section[2].splitlines() if line.startswith("| Peppers"))
     assert [c.strip() for c in peppers.split("|")[1:-1]] == [
         "Peppers", "0", "256x256", "stopped", "2750 (last checkpoint)", "", "1.1", "median of this run's 2 256x256 records"]
+
+
+def test_the_cost_left_is_that_of_the_machine_that_ran_the_latest_cell(tmp_path):
+    house, cman = paper_records()
+    cman = on_avx2_epyc(cman)  # finished after House, on another CPU kind, at 400 ms/iter
+    rows = {r["name"]: r for r in coverage(tmp_path, typed([house, cman]))}
+    assert rows["Peppers"]["hours_left"] == 11000 * 400.0 / 3.6e6
+    assert rows["Peppers"]["basis"] == "median of this run's 1 256x256 record on AMD EPYC (AVX2)"
+    assert rows["Barbara"]["basis"] == "256x256's 400 ms/iter on AMD EPYC (AVX2) x 4 (pixels; not measured)"
 
 
 def test_the_report_shows_coverage_only_when_given():

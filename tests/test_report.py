@@ -130,6 +130,44 @@ def test_mixed_configurations_are_refused():
         shared_config(typed(records))
 
 
+def on_avx2_epyc(record: dict) -> dict:
+    """``record`` as the fast path resolves it on another CPU kind: fp32 with Winograd, contiguous."""
+    record = copy.deepcopy(record)
+    record["config"]["recipe"] |= {"precision": "fp32", "channels_last": False, "fused_adam": True, "winograd": True}
+    record["provenance"] |= {"device_name": "AMD EPYC", "cpu_capability": "AVX2", "timestamp": "2026-11-25T05:00:00+00:00"}
+    return record
+
+
+def test_a_campaign_across_cpu_kinds_is_one_report_that_says_how_each_cell_ran():
+    records = copy.deepcopy(RECORDS)
+    records[3] = on_avx2_epyc(records[3])
+    with pytest.raises(BenchError, match="differ in recipe.channels_last, recipe.fused_adam, recipe.precision, recipe.winograd"):
+        shared_config(typed(records))  # strict by default: a regression check compares like with like
+    text = render(typed(records))
+    assert "- Path: fast (per cell, see the Execution column: bf16, channels_last; fp32, fused Adam, Winograd 3x3)" in text
+    assert "- Device: per cell, see the Device column: Test CPU; AMD EPYC (cpu)" in text
+    cman = next(line for line in text.splitlines() if line.startswith("| C.man"))
+    house = next(line for line in text.splitlines() if line.startswith("| House"))
+    assert [c.strip() for c in cman.split("|")[-3:-1]] == ["fp32, fused Adam, Winograd 3x3", "AMD EPYC"]
+    assert [c.strip() for c in house.split("|")[-3:-1]] == ["bf16, channels_last", "Test CPU"]
+
+
+def test_one_report_never_mixes_the_fast_and_the_reference_path():
+    records = copy.deepcopy(RECORDS)
+    records[3]["config"]["recipe"] |= {"precision": "fp32", "channels_last": False}
+    with pytest.raises(BenchError, match=r"^records ran on different execution paths \(house: fast, barbara: fast, "
+                                         r"cman: reference\); report each path apart$"):
+        render(typed(records))
+
+
+def test_a_protocol_change_is_refused_even_across_cpu_kinds():
+    records = copy.deepcopy(RECORDS)
+    records[3] = on_avx2_epyc(records[3])
+    records[3]["config"]["recipe"]["lr"] = 0.01
+    with pytest.raises(BenchError, match=r"\(house vs cman differ in recipe.lr\)"):
+        render(typed(records))
+
+
 def test_write_report_snapshots_its_records(tmp_path):
     out = write_report(typed(RECORDS), tmp_path / "quick.md", tmp_path / "quick" / "records")
     assert out.read_text(encoding="utf-8") == render(typed(RECORDS))

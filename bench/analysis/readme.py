@@ -18,6 +18,7 @@ from bench.analysis.summary import (
     summarise,
 )
 from bench.analysis.tables import fmt, psnr_cell
+from bench.data import load_images
 from bench.errors import BenchError
 from bench.record import Record, RecordConfig
 from dip.execution import execution_path
@@ -47,16 +48,30 @@ def results_table(records: list[Record]) -> str:
 
 def provenance_line(records: list[Record], report: str) -> str:
     """Which run the table is: budget, path, machine, software, commit, date, and its full report."""
-    config = shared_config(records)
+    config = shared_config(records, per_cell_execution=True)
     recipe, prov = config.recipe, records[0].provenance
     seeds = sorted({r.seed for r in records})
     dates = sorted(r.provenance.timestamp[:10] for r in records)
     method = "" if config.method.is_builtin else f", method {method_label(config)}"
+    torch = ", ".join(sorted({r.provenance.torch for r in records}))
     return (f"Profile `{config.profile}` ({config.recipe_name} recipe{method}): {_crop(config)}, {recipe.iterations} "
             f"iterations, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}, mask {config.mask}; "
-            f"{execution_path(recipe.to_dict())} path ({recipe.precision}); {prov.device_name}, "
-            f"{prov.torch_threads} threads, torch {prov.torch}; commit {', '.join(commit_labels(records))}; "
+            f"{execution_path(recipe.to_dict())} path {_machines(records)}, "
+            f"{prov.torch_threads} threads, torch {torch}; commit {', '.join(commit_labels(records))}; "
             f"run {dates[0]}{'' if dates[0] == dates[-1] else ' to ' + dates[-1]}. Full report with every column: [{report}]({report}).")
+
+
+def _machines(records: list[Record]) -> str:
+    """How and where the cells ran: ``(fp32); AMD EPYC``, or per group of cells where they differ
+    (a campaign across machines): ``(bf16 on Intel Xeon: House, C.man; fp32 on AMD EPYC: Montage)``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        groups.setdefault((r.config.recipe.precision, r.provenance.device_name), []).append(r.label)
+    if len(groups) == 1:
+        (precision, device), = groups
+        return f"({precision}); {device}"
+    return "(" + "; ".join(f"{precision} on {device}: {', '.join(dict.fromkeys(labels))}"
+                           for (precision, device), labels in groups.items()) + ")"
 
 
 def _crop(config: RecordConfig) -> str:
@@ -64,20 +79,25 @@ def _crop(config: RecordConfig) -> str:
 
 
 def comparability_note(records: list[Record]) -> str:
-    config = shared_config(records)
+    config = shared_config(records, per_cell_execution=True)
     recipe = recipe_differences(config)
     if is_paper_budget(config) and not recipe:
-        return "The paper's protocol (full images, 11000 iterations, the paper's recipe): Δ is the reproduction gap."
+        images = len({r.image for r in records})
+        return (f"**At the paper's protocol** (full images, 11000 iterations, the paper's recipe), {images} of "
+                f"Table 1's {len(load_images())} images so far: Δ is the reproduction gap.")
     return (f"**Not comparable to Table 1**: {_crop(config)}, {config.recipe.iterations} iterations"
             + (f", a recipe that differs in {', '.join(recipe)}" if recipe else "")
             + " instead of the paper's protocol; the Table 1 column is for orientation and Δ is not a reproduction gap.")
 
 
-def results_block(records: list[Record], report: str) -> str:
-    """The text between the markers (markers included)."""
-    if not records:
+def results_block(runs: list[tuple[list[Record], str]]) -> str:
+    """The text between the markers (markers included): per run, given as (its records, its report's
+    path), a note on how it compares with Table 1, its table and its provenance, in the order given."""
+    if not runs or not all(records for records, _ in runs):
         raise BenchError("no records to build the README's results table from")
-    return "\n\n".join([START, comparability_note(records), results_table(records), provenance_line(records, report), END])
+    sections = [part for records, report in runs
+                for part in (comparability_note(records), results_table(records), provenance_line(records, report))]
+    return "\n\n".join([START, *sections, END])
 
 
 def _block_span(text: str, name: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from bench.analysis.summary import (
     commit_labels,
     image_rows,
     method_label,
+    same_protocol,
     seed_means,
     shared_config,
     summarise,
@@ -56,10 +57,10 @@ def prepare(records: list[Record], others: dict[str, list[Record]] | None = None
     """Check the records (one configuration; others comparable) before anything is computed or written.
     ``failures``: failed records; those of another configuration than the records' are left out."""
     others = others or {}
-    config = shared_config(records)
-    other_configs = {label: shared_config(recs) for label, recs in others.items()}
+    config = shared_config(records, per_cell_execution=True)
+    other_configs = {label: shared_config(recs, per_cell_execution=True) for label, recs in others.items()}
     differing = {label: check_comparable(config, other, label) for label, other in other_configs.items()}
-    mine = [f for f in failures or [] if f.config.shared() == config]
+    mine = [f for f in failures or [] if same_protocol(f.config, config)]
     methods = {"": method_label(config)} | {label: method_label(other) for label, other in other_configs.items()}
     return Prepared(records, config, summarise(records), others,
                     {label: summarise(recs) for label, recs in others.items()}, differing, mine, methods)

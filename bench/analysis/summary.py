@@ -4,6 +4,7 @@ rendering is in bench.analysis.tables."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 from bench.data import load_images
 from bench.errors import BenchError
 from bench.record import Record, RecordConfig
-from dip.execution import EXECUTION_FIELDS
+from dip.execution import EXECUTION_FIELDS, PATH_CHOSEN_FIELDS, REFERENCE_EXECUTION, execution_path
 from dip.recipe import RestoreConfig
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -27,9 +28,18 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return names
 
 
-def shared_config(records: list[Record]) -> RecordConfig:
-    """The configuration all records share (image, seed and file aside); raises if they were run differently."""
-    configs = [r.config.shared() for r in records]
+def shared_config(records: list[Record], per_cell_execution: bool = False) -> RecordConfig:
+    """The configuration all records share (image, seed and file aside); raises if they were run differently.
+    ``per_cell_execution``: the fields an execution path resolves per machine (precision, layout,
+    Winograd, ...) may differ between cells of the same path (a campaign whose cells ran on different CPU
+    kinds); the first record's are returned, and :func:`execution_label` says each cell's."""
+    if per_cell_execution:
+        paths = {r.image: execution_path(r.config.recipe.to_dict()) for r in records}
+        if len(set(paths.values())) > 1:
+            raise BenchError("records ran on different execution paths ("
+                             + ", ".join(f"{image}: {path}" for image, path in paths.items())
+                             + "); report each path apart")
+    configs = [_protocol_of(r.config, per_cell_execution) for r in records]
     for record, config in zip(records, configs):
         if config != configs[0]:
             differing = config_diff(configs[0].to_dict(), config.to_dict())
@@ -37,7 +47,34 @@ def shared_config(records: list[Record]) -> RecordConfig:
                 f"records were run with different configurations ({records[0].image} vs "
                 f"{record.image} differ in {', '.join(differing)}); report one configuration at a time"
             )
-    return configs[0]
+    return records[0].config.shared()
+
+
+def _protocol_of(config: RecordConfig, per_cell_execution: bool) -> RecordConfig:
+    """``config`` without its cell's own fields and, with ``per_cell_execution``, without the choices
+    its execution path made for the machine it ran on."""
+    shared = config.shared()
+    if not per_cell_execution:
+        return shared
+    neutral = {k: REFERENCE_EXECUTION[k] for k in PATH_CHOSEN_FIELDS}
+    return dataclasses.replace(shared, recipe=dataclasses.replace(shared.recipe, **neutral))
+
+
+def same_protocol(a: RecordConfig, b: RecordConfig) -> bool:
+    """Whether two cells' configurations are one run's, each executed as its path chose on its machine."""
+    return (execution_path(a.recipe.to_dict()) == execution_path(b.recipe.to_dict())
+            and _protocol_of(a, True) == _protocol_of(b, True))
+
+
+# The words for the execution switches that are on, in the order a label lists them.
+_EXECUTION_WORDS = {"channels_last": "channels_last", "fused_adam": "fused Adam", "tf32": "TF32",
+                    "cudnn_benchmark": "cuDNN benchmark", "compile": "compiled", "cuda_graphs": "CUDA graphs",
+                    "winograd": "Winograd 3x3", "matmul_1x1": "1x1 as matmul", "keep_heap": "kept heap"}
+
+
+def execution_label(recipe: dict) -> str:
+    """How a resolved recipe (as stored) was executed, in a few words: ``"bf16, channels_last, fused Adam"``."""
+    return ", ".join([recipe.get("precision", "fp32")] + [w for k, w in _EXECUTION_WORDS.items() if recipe.get(k)])
 
 
 def image_rows(records: list[Record]) -> list[tuple[str, str, tuple[float, float, float]]]:
@@ -74,7 +111,8 @@ def summarise(records: list[Record]) -> pd.DataFrame:
                 "ms_per_iter": float(np.median([r.ms_per_iter for r in mine])),
                 "backtracks": int(sum(r.backtracks for r in mine)),
                 **_extra_means(mine),
-                "device": mine[0].provenance.device_name,
+                "device": ", ".join(dict.fromkeys(r.provenance.device_name for r in mine)),
+                "execution": "; ".join(dict.fromkeys(execution_label(r.config.recipe.to_dict()) for r in mine)),
             }
         )
     return pd.DataFrame(rows)

@@ -11,6 +11,7 @@ from bench.analysis.summary import (
     EXTRA_COLUMNS,
     aligned,
     commit_labels,
+    execution_label,
     is_paper_budget,
     method_label,
     recipe_differences,
@@ -64,6 +65,8 @@ def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None, 
             "Device": summary["device"],
         }
     )
+    if summary["execution"].nunique() > 1:  # cells resolved on different machines: say how each ran
+        table.insert(len(table.columns) - 1, "Execution", summary["execution"])
     mean_row = {
         "Image": "**Mean**",
         "Size": "",
@@ -77,15 +80,21 @@ def markdown_table(summary: pd.DataFrame, table_means: pd.Series | None = None, 
         "ms/iter": "",
         "Backtracks": str(int(summary["backtracks"].sum())),
         "Device": "",
-    }
+    } | ({"Execution": ""} if "Execution" in table.columns else {})
     if table_means is not None and len(table_means) > 1:  # the table mean of each seed: their spread
         mean_row["This run"] = psnr_cell(float(table_means.mean()), float(table_means.std(ddof=1)))
     if summary["n"].max() > 1:  # several seeds: show their range next to n
         table.insert(7, "Min to max", [f"{lo:.2f} to {hi:.2f}" for lo, hi in zip(summary["psnr_min"], summary["psnr_max"])])
         mean_row["Min to max"] = f"{summary['psnr_min'].min():.2f} to {summary['psnr_max'].max():.2f}"
     table = pd.concat([table, pd.DataFrame([mean_row])], ignore_index=True)
-    colalign = ["left", "left"] + ["right"] * (len(table.columns) - 3) + ["left"]
+    text_tail = 2 if "Execution" in table.columns else 1  # Execution and Device: words, left-aligned
+    colalign = ["left", "left"] + ["right"] * (len(table.columns) - 2 - text_tail) + ["left"] * text_tail
     return table.to_markdown(index=False, disable_numparse=True, colalign=colalign)
+
+
+def _one_or_per_cell(values: dict, column: str) -> str:
+    """The one value all cells share, or where each cell's is shown (a campaign across machines)."""
+    return next(iter(values)) if len(values) == 1 else f"per cell, see the {column} column: {'; '.join(values)}"
 
 
 def header(records: list[Record], config: RecordConfig, show_method: bool = False) -> str:
@@ -93,6 +102,8 @@ def header(records: list[Record], config: RecordConfig, show_method: bool = Fals
     (the report holds several methods)."""
     recipe = config.recipe
     prov = records[0].provenance
+    executions = dict.fromkeys(execution_label(r.config.recipe.to_dict()) for r in records)
+    devices = dict.fromkeys(r.provenance.device_name for r in records)
     commits = commit_labels(records)
     # a cell runs from its "started" (kept across resumes; absent in older records) to its record's timestamp
     starts = sorted(r.started or r.provenance.timestamp for r in records)
@@ -108,11 +119,11 @@ def header(records: list[Record], config: RecordConfig, show_method: bool = Fals
         *([] if builtin and not show_method else [f"- Method: {method_line(config)}"]),
         f"- Recipe: {recipe_name}; iterations: {recipe.iterations}; lr {recipe.lr}; backtracking "
         f"{'on' if recipe.backtracking else 'off'}; mask {mask}",
-        f"- Path: {execution_path(recipe.to_dict())} ({recipe.precision}, channels_last {recipe.channels_last}, "
-        f"fused Adam {recipe.fused_adam})"
+        f"- Path: {execution_path(recipe.to_dict())} ({_one_or_per_cell(executions, 'Execution')})"
         + (f"; up to {config.cells_per_gpu} cells trained at once as one batched model (--cells-per-gpu): "
            f"a cell's ms/iter is its batch's step" if config.cells_per_gpu > 1 else ""),
-        f"- Device: {prov.device_name} ({config.device}), torch {prov.torch}, {prov.torch_threads} threads",
+        f"- Device: {_one_or_per_cell(devices, 'Device')} ({config.device}), torch "
+        f"{', '.join(sorted({r.provenance.torch for r in records}))}, {prov.torch_threads} threads",
         f"- Commit: {', '.join(commits)}; runs from {starts[0]} to {ends[-1]}",
         f"- Images: {len(seeds_per_image)}, seeds per image: {_span(seeds_per_image.values())}",
     ]
@@ -163,7 +174,7 @@ def coverage_section(rows: list[dict]) -> list[str]:
         "Cost basis": r["basis"],
     } for r in rows])
     summary = (f"{done} of {len(rows)} cells done" + (f"; the others need about {sum(left):.0f} h more on the "
-               f"machine that ran this one, one cell at a time" if left else "") + ".")
+               f"machine that ran the latest finished cell, one cell at a time" if left else "") + ".")
     return ["## Coverage of Table 1", summary,
             table.to_markdown(index=False, disable_numparse=True, colalign=["left", "right", "left", "left",
                                                                             "right", "right", "right", "left"])]

@@ -68,8 +68,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_readme(args: argparse.Namespace) -> int:
     from bench.analysis.readme import current_block, replace_block, results_block
 
-    report, records_dir = published_paths(args.run)
-    block = results_block(load_records(records_dir), report.relative_to(REPO_ROOT).as_posix())
+    runs = [published_paths(name) for name in args.runs]
+    block = results_block([(load_records(records_dir), report.relative_to(REPO_ROOT).as_posix())
+                           for report, records_dir in runs])
+    records_dir = ", ".join(str(records_dir) for _, records_dir in runs)
     if args.check:
         if current_block(README) != block:
             print(f"README.md's results table differs from {records_dir}'s records; run `python -m bench readme`")

@@ -1,5 +1,5 @@
 """Speed of one training iteration, reference path vs fast path, and the authors' code as the anchor,
-measured in one process.
+measured in one run: alternating rounds, each stepper in a process of its own (bench.isolated).
 
 Used by the pytest-benchmark suite (``make speed``), by the ratio gate that CI runs
 (``python -m bench speed --gate``: 1.8x where the fast path runs bf16, 0.8x where fp32), and for the operator profile in ``reports/speed.md``.
@@ -8,6 +8,7 @@ A ratio taken within one run is robust to a shared, noisy machine where absolute
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import statistics
 import time
@@ -112,28 +113,31 @@ class RatioMeasurement:
 def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, device: str = "auto",
                   authors: bool = False) -> RatioMeasurement:
     """Reference and fast path (and with ``authors`` the authors' code) timed in alternating rounds, so
-    all see the same machine load."""
-    trainers: dict[str, Trainer | AuthorsStep] = {path: make_trainer(path, size, device) for path in ("reference", "fast")}
-    if authors:
-        trainers["authors"] = make_anchor(size, device)
-    for trainer in trainers.values():
-        time_steps(trainer, warmup)
-    samples: dict[str, list[float]] = {path: [] for path in trainers}
-    for _ in range(rounds):
-        for path, trainer in trainers.items():
-            samples[path].append(time_steps(trainer, steps))
+    all see the same machine load, each in a process of its own (bench.isolated: no shared heap)."""
+    from bench.isolated import StepperProcess
+
+    variants = ("reference", "fast") + (("authors",) if authors else ())
+    with contextlib.ExitStack() as stack:
+        steppers = {v: stack.enter_context(StepperProcess(v, size, device)) for v in variants}
+        for stepper in steppers.values():
+            stepper.time_steps(warmup)
+        samples: dict[str, list[float]] = {v: [] for v in steppers}
+        for _ in range(rounds):
+            for variant, stepper in steppers.items():
+                samples[variant].append(stepper.time_steps(steps))
+    fast = steppers["fast"].execution
     return RatioMeasurement(
         size=size,
         reference_s=statistics.median(samples["reference"]),
         fast_s=statistics.median(samples["fast"]),
         rounds=rounds,
         steps_per_round=steps,
-        reference_precision=trainers["reference"].config.precision,
-        fast_precision=trainers["fast"].config.precision,
+        reference_precision=steppers["reference"].execution["precision"],
+        fast_precision=fast["precision"],
         authors_s=statistics.median(samples["authors"]) if authors else None,
-        fast_winograd=trainers["fast"].config.winograd,
-        fast_matmul_1x1=trainers["fast"].config.matmul_1x1,
-        fast_keep_heap=trainers["fast"].config.keep_heap,
+        fast_winograd=fast["winograd"],
+        fast_matmul_1x1=fast["matmul_1x1"],
+        fast_keep_heap=fast["keep_heap"],
     )
 
 

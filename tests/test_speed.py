@@ -148,21 +148,62 @@ def test_time_steps_takes_the_steps_and_divides_the_clock_by_them(monkeypatch):
     assert trainer.steps == 3 and {int(state["step"]) for state in trainer.optimizer.state.values()} == {3}
 
 
+class FakeStepperProcess:
+    """bench.isolated.StepperProcess without the process: its times come from ``TIMES`` in order."""
+    TIMES: dict = {}
+    calls: list = []
+
+    def __init__(self, variant, size, device="auto"):
+        self.variant = variant
+        self.execution = {"precision": "fp32", "winograd": variant == "fast", "matmul_1x1": False, "keep_heap": False}
+
+    def time_steps(self, steps):
+        self.calls.append((self.variant, steps))
+        return next(self.TIMES[self.variant])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.calls.append((self.variant, "closed"))
+
+
 def test_the_ratio_is_the_median_reference_time_over_the_median_fast_time(monkeypatch):
-    """Warm-up rounds left out, the rounds alternating between the paths, the medians taken per path."""
-    times = {"reference": iter([9.0, 3.0, 1.0, 2.0]), "fast": iter([9.0, 0.5, 0.25, 4.0])}  # the warm-up first
-    calls = []
+    """Warm-up rounds left out, the rounds alternating between the paths' processes, the medians taken
+    per path, every process closed."""
+    import bench.isolated
 
-    def fake_time_steps(trainer, steps):
-        path = "fast" if trainer.config.fused_adam else "reference"
-        calls.append((path, steps))
-        return next(times[path])
-
-    monkeypatch.setattr(bench.speed, "time_steps", fake_time_steps)
+    FakeStepperProcess.TIMES = {"reference": iter([9.0, 3.0, 1.0, 2.0]), "fast": iter([9.0, 0.5, 0.25, 4.0])}
+    FakeStepperProcess.calls = calls = []
+    monkeypatch.setattr(bench.isolated, "StepperProcess", FakeStepperProcess)
     m = measure_ratio(64, rounds=3, steps=2, warmup=1, device="cpu")
-    assert calls == [("reference", 1), ("fast", 1)] + [("reference", 2), ("fast", 2)] * 3
+    assert calls == ([("reference", 1), ("fast", 1)] + [("reference", 2), ("fast", 2)] * 3
+                     + [("fast", "closed"), ("reference", "closed")])
     assert (m.reference_s, m.fast_s, m.rounds, m.steps_per_round) == (2.0, 0.5, 3, 2)
     assert m.ratio == 4.0 and m.authors_s is None and m.fast_vs_authors is None
+    assert m.fast_winograd and not m.fast_keep_heap
+
+
+def test_a_stepper_in_its_own_process_runs_as_its_path_resolves_here():
+    from bench.isolated import StepperProcess
+
+    with StepperProcess("fast", 64, "cpu") as stepper:
+        assert stepper.time_steps(1) > 0
+        stepper.step()
+        process = stepper._process
+    expected = make_trainer("fast", 64, "cpu").config
+    assert stepper.execution == {"precision": expected.precision, "channels_last": expected.channels_last,
+                                 "fused_adam": expected.fused_adam, "compile": expected.compile,
+                                 "winograd": expected.winograd, "matmul_1x1": expected.matmul_1x1,
+                                 "keep_heap": expected.keep_heap, "device": "cpu"}
+    assert not process.is_alive()
+
+
+def test_a_stepper_that_fails_in_its_process_says_so_in_one_line():
+    from bench.isolated import StepperProcess
+
+    with pytest.raises(BenchError, match=r"^the nope stepper failed in its process: KeyError: 'nope'$"):
+        StepperProcess("nope", 32, "cpu")
 
 
 def test_operator_profile_lists_the_heaviest_operators():

@@ -125,6 +125,7 @@ def kind_section(data: dict) -> list[str]:
         f"- Commit: {commit.get('id', 'unknown')[:12]}{'-dirty' if commit.get('dirty') else ''} ({commit.get('time', '')}); "
         f"measured {data.get('datetime', '')}",
         f"- Reference path: {how['reference_how']}. Fast path: {how['fast_how']}.",
+        f"- Timing: {_timing(data)}",
         "",
         markdown_speed(frame),
     ]
@@ -132,6 +133,16 @@ def kind_section(data: dict) -> list[str]:
     if variants:
         lines += ["", "Opt-in switches, kept off by default unless faster:", "", *variants]
     return lines
+
+
+def _timing(data: dict) -> str:
+    """How the file's cases were timed: each in a process of its own, or (files written before that)
+    all in the benchmark's one process, where they shared a heap."""
+    isolated = all(b.get("extra_info", {}).get("isolated") for b in data.get("benchmarks", []))
+    return ("each case in a process of its own (`bench/isolated.py`), one after another." if isolated else
+            "all cases in one process, sharing its heap (written before the cases had a process each: "
+            "the authors' code's time, and so each ratio to it, moved by up to half with what the other "
+            "cases left in the heap; docs/speed.md).")
 
 
 def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int, others: tuple[dict, ...] = ()) -> str:
@@ -145,7 +156,7 @@ def render_speed(data: dict, profiles: dict[str, list[dict]], profile_size: int,
         "  their closure computes per step, so each ratio to it is a lower bound.",
         "- One iteration = perturbed input, forward, masked MSE, backward, Adam step (the paper network, 2,217,573 parameters);",
         "  median over rounds after 2 warm-up rounds (pytest-benchmark, `make speed`); raw numbers in the JSON files named below.",
-        "- Every ratio is taken within one run (one process, one machine): never across the sections.",
+        "- Every ratio is taken within one run (one machine, one `make speed`): never across the sections.",
         "",
         f"## {kind_label(data)}",
         "",

@@ -75,13 +75,16 @@ bench-paper:
 
 # Table 1 at the paper's protocol on a CPU, over as many sessions as it takes (docs/long-runs.md, "A campaign
 # on a CPU"): run it from a worktree pinned to one commit, records and checkpoints under $DIP_RUNS_DIR (outside
-# the checkout); run it again to resume. Fast path on CAMPAIGN_IMAGES, then House on the reference path.
+# the checkout); run it again to resume (finished cells are skipped). Fast path on CAMPAIGN_IMAGES, then House
+# on the reference path, then the 512x512 images (CAMPAIGN_LARGE), one after another.
 CAMPAIGN_IMAGES ?= house,cman,peppers,montage
+CAMPAIGN_LARGE ?= barbara,boat,lena,couple,fingerprint,hill,man
 CAMPAIGN_FLAGS := --profile paper --seeds 0 --checkpoint-every 250 --no-progress --log-every 600
 campaign:
 	@test -n "$$DIP_RUNS_DIR" || { echo "error: set DIP_RUNS_DIR to a directory outside the checkout, e.g. DIP_RUNS_DIR=~/dip-runs" >&2; exit 2; }
 	$(PY) -m bench run $(CAMPAIGN_FLAGS) --images $(CAMPAIGN_IMAGES) --results-dir "$$DIP_RUNS_DIR/paper"
 	$(PY) -m bench run $(CAMPAIGN_FLAGS) --images house --path reference --results-dir "$$DIP_RUNS_DIR/paper-reference"
+	$(PY) -m bench run $(CAMPAIGN_FLAGS) --images $(CAMPAIGN_LARGE) --results-dir "$$DIP_RUNS_DIR/paper"
 
 # Publish what the campaign has finished (run from the main checkout): reports/paper.md with its coverage of
 # Table 1, and reports/paper-reference.md; records are snapshotted beside them, checkpoints never.

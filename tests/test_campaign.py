@@ -26,9 +26,10 @@ def test_a_campaign_needs_a_runs_directory_outside_the_checkout(target):
 
 def test_the_campaign_checkpoints_every_250_iterations_into_two_results_directories(tmp_path):
     commands = make("-n", "campaign", DIP_RUNS_DIR=str(tmp_path)).stdout.splitlines()[1:]
-    assert len(commands) == 2
-    fast, reference = commands
+    assert len(commands) == 3
+    fast, reference, large = commands
     for command in commands:
         assert "-m bench run --profile paper --seeds 0 --checkpoint-every 250" in command
     assert fast.endswith('--images house,cman,peppers,montage --results-dir "$DIP_RUNS_DIR/paper"')
     assert reference.endswith('--images house --path reference --results-dir "$DIP_RUNS_DIR/paper-reference"')
+    assert large.endswith('--images barbara,boat,lena,couple,fingerprint,hill,man --results-dir "$DIP_RUNS_DIR/paper"')

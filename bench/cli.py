@@ -138,7 +138,7 @@ def build_parser(method: str = BUILTIN) -> argparse.ArgumentParser:
                        help="names of the two runs, comma-separated (default fast,reference)")
     cmp_p.add_argument("--out", type=Path, metavar="FILE", required=True, help="the markdown comparison to write")
 
-    speed_p = commands.add_parser("speed", help="reference vs fast path ratio at one size, in one process")
+    speed_p = commands.add_parser("speed", help="reference vs fast path ratio at one size, alternating rounds, each path in a process of its own")
     speed_p.add_argument("--size", type=int, metavar="N", default=256, help="side of the square image trained on (default 256)")
     speed_p.add_argument("--rounds", type=int, metavar="N", default=3,
                          help="alternating rounds of reference and fast path; the median counts (default 3)")

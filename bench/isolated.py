@@ -18,10 +18,12 @@ import traceback
 from multiprocessing.connection import Connection
 
 from bench.errors import BenchError
+from dip.execution import REFERENCE_EXECUTION
 
-# How the authors' code runs (bench.authors): fp32, contiguous, eager, plain Adam, none of dip-bench's switches.
-AUTHORS_EXECUTION = {"precision": "fp32", "channels_last": False, "fused_adam": False, "compile": False,
-                     "winograd": False, "matmul_1x1": False, "keep_heap": False}
+# The execution fields a stepper reports (the speed report's columns), and how the authors' code runs
+# (bench.authors): as the reference path does, fp32, contiguous, eager, plain Adam, none of the switches.
+REPORTED_FIELDS = ("precision", "channels_last", "fused_adam", "compile", "winograd", "matmul_1x1", "keep_heap")
+AUTHORS_EXECUTION = {k: REFERENCE_EXECUTION[k] for k in REPORTED_FIELDS}
 
 
 def serve(conn: Connection, variant: str, size: int, device: str) -> None:
@@ -33,7 +35,7 @@ def serve(conn: Connection, variant: str, size: int, device: str) -> None:
             stepper, execution = make_anchor(size, device), AUTHORS_EXECUTION
         else:
             stepper = make_trainer(variant, size, device)
-            execution = {k: getattr(stepper.config, k) for k in AUTHORS_EXECUTION}
+            execution = {k: getattr(stepper.config, k) for k in REPORTED_FIELDS}
         conn.send(("ready", {**execution, "device": str(stepper.device)}))
         while (request := conn.recv()) != "stop":
             conn.send(("ok", time_steps(stepper, request)))

@@ -71,13 +71,13 @@ def cmd_readme(args: argparse.Namespace) -> int:
     runs = [published_paths(name) for name in args.runs]
     block = results_block([(load_records(records_dir), report.relative_to(REPO_ROOT).as_posix())
                            for report, records_dir in runs])
-    records_dir = ", ".join(str(records_dir) for _, records_dir in runs)
+    sources = ", ".join(str(records_dir) for _, records_dir in runs)
     if args.check:
         if current_block(README) != block:
-            print(f"README.md's results table differs from {records_dir}'s records; run `python -m bench readme`")
+            print(f"README.md's results table differs from {sources}'s records; run `python -m bench readme`")
             return 1
-        print(f"README.md's results table matches {records_dir}")
+        print(f"README.md's results table matches {sources}")
         return 0
     write_text_atomic(README, replace_block(README.read_text(), block))
-    print(f"README.md's results table written from {records_dir}")
+    print(f"README.md's results table written from {sources}")
     return 0

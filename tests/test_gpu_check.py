@@ -95,6 +95,8 @@ def test_the_record_it_writes_is_the_record_it_summarises(monkeypatch, tmp_path)
             ("batched", False, 3): (29.9, 25.2, 28.0), ("batched-graphs", True, 3): (30.0, 27.5, 28.0)}
     monkeypatch.setattr(gc, "require_cuda", lambda: torch.device("cpu"))
     monkeypatch.setattr(gc, "read_json", lambda path, what: baseline(30.0, 25.0, 28.0))
+    ticks = iter(range(1000))  # a clock that moves on every call: the returned record must still be the written one
+    monkeypatch.setattr(gc, "provenance", lambda device: {"timestamp": next(ticks)})
     monkeypatch.setattr(gc, "smoke_records", lambda plan, data_dir, results_dir, cuda_graphs=False, cells_per_gpu=1:
                         cuda_records(*runs[(results_dir.name, cuda_graphs, cells_per_gpu)]))
     monkeypatch.setattr(gc, "speed_at", lambda size, device, **timing: {

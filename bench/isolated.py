@@ -5,7 +5,8 @@ what the others left in it: the authors' code ran faster after the fast path's k
 in a process of its own, and the ratio between them moved by half (docs/speed.md, "Each stepper in a
 process of its own"). A user trains one model per process, so each stepper gets one: the parent
 starts them all, then asks them in turn for a round of timed steps, so all see the same machine load
-and only one runs at a time.
+and only one runs at a time. They start and stop side by side (``wait=False``, :meth:`StepperProcess.stop`):
+each start-up is seconds of imports, on a CPU with cores to spare.
 
 The processes are started by ``spawn`` (a fresh interpreter: no state inherited from the parent, CUDA
 included) and run :func:`serve`; they build their stepper with :mod:`bench.speed`'s functions.
@@ -49,9 +50,13 @@ class StepperProcess:
     """One stepper of :mod:`bench.speed` in its own process: :meth:`time_steps` like
     :func:`bench.speed.time_steps`, :meth:`step` for a timer that measures from outside (pytest-benchmark;
     the pipe's round trip, tens of microseconds, is inside its time). ``execution``: how it runs
-    (precision, channels_last, fused_adam, compile, winograd, matmul_1x1, keep_heap) and its device."""
+    (precision, channels_last, fused_adam, compile, winograd, matmul_1x1, keep_heap) and its device.
 
-    def __init__(self, variant: str, size: int, device: str = "auto") -> None:
+    With ``wait=False`` the constructor returns once the process is started, so that several build their
+    steppers side by side; the first use of ``execution`` or :meth:`time_steps` then waits for it (and
+    raises its failure)."""
+
+    def __init__(self, variant: str, size: int, device: str = "auto", wait: bool = True) -> None:
         self.variant = variant
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
@@ -59,7 +64,16 @@ class StepperProcess:
                                          name=f"dip-bench speed: {variant} {size}")
         self._process.start()
         child.close()
-        self.execution: dict = self._reply()
+        self._execution: dict | None = None
+        self._stopping = False
+        if wait:
+            self.execution  # noqa: B018 (waits for the child's "ready")
+
+    @property
+    def execution(self) -> dict:
+        if self._execution is None:
+            self._execution = self._reply()
+        return self._execution
 
     def _reply(self):
         try:
@@ -75,18 +89,25 @@ class StepperProcess:
 
     def time_steps(self, steps: int) -> float:
         """Seconds per step over ``steps`` consecutive steps, timed in the child."""
+        self.execution  # noqa: B018 (its "ready" comes first on the pipe)
         self._conn.send(steps)
         return self._reply()
 
     def step(self) -> None:
         self.time_steps(1)
 
-    def close(self) -> None:
-        if self._process.is_alive():
+    def stop(self) -> None:
+        """Ask the child to end, without waiting for it (:meth:`close` waits)."""
+        if self._process.is_alive() and not self._stopping:
+            self._stopping = True
             try:
                 self._conn.send("stop")
             except (BrokenPipeError, OSError):
                 pass
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            self.stop()
             self._process.join(30)
             if self._process.is_alive():
                 self._process.kill()

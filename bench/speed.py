@@ -118,13 +118,16 @@ def measure_ratio(size: int, rounds: int = 3, steps: int = 2, warmup: int = 2, d
 
     variants = ("reference", "fast") + (("authors",) if authors else ())
     with contextlib.ExitStack() as stack:
-        steppers = {v: stack.enter_context(StepperProcess(v, size, device)) for v in variants}
+        # started side by side (each start-up is seconds of imports); the warm-up waits for each in turn
+        steppers = {v: stack.enter_context(StepperProcess(v, size, device, wait=False)) for v in variants}
         for stepper in steppers.values():
             stepper.time_steps(warmup)
         samples: dict[str, list[float]] = {v: [] for v in steppers}
         for _ in range(rounds):
             for variant, stepper in steppers.items():
                 samples[variant].append(stepper.time_steps(steps))
+        for stepper in steppers.values():
+            stepper.stop()  # all end side by side; the stack's close() then waits for each
     fast = steppers["fast"].execution
     return RatioMeasurement(
         size=size,

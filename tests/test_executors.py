@@ -21,6 +21,7 @@ from bench.errors import BenchError
 from bench.executors.jobs import last_error_line, record_submission
 from bench.executors.local import JobOnDevices, job_cuda_devices
 from bench.executors.options import ExecutorOptions
+from bench.regression import torch_threads
 from bench.rundir import RunDir, try_lock
 from dip.trainer import Trainer
 from tests.conftest import REPO_ROOT
@@ -40,17 +41,19 @@ def results_of(results: Path) -> dict[str, dict]:
     return {stem: {f: r[f] for f in RESULT_FIELDS} for stem, r in records.items()}
 
 
-def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_results(data_dir, tmp_path):
+def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_results(data_dir, tmp_path, capsys):
     """One thread per process, both ways: the two jobs then share this 2-core machine without
-    oversubscribing it (and a result depends on the thread count, so both runs use the same)."""
+    oversubscribing it (and a result depends on the thread count, so both runs use the same). The jobs
+    are subprocesses (submitit's); the inline run, the status and the re-run are in this process (each
+    subprocess costs seconds of imports, and CI's time is counted)."""
     inline, local = tmp_path / "inline", tmp_path / "local"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # 15 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
     # CPU without bf16 the fast path runs fp32: this test took 138 s at 100 iterations, 69 s at 30, on a
     # 2-core AVX2 EPYC).
     common = ["run", "--profile", "smoke", "--device", "cpu", "--iterations", "15", "--no-progress", "--data-dir", str(data_dir)]
-    done = bench(*common, "--results-dir", str(inline), env=env)
-    assert done.returncode == 0, done.stderr
+    with torch_threads(1):
+        assert main([*common, "--results-dir", str(inline)]) == 0
     done = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)
     assert done.returncode == 0, done.stderr
     assert results_of(local) == results_of(inline)  # every PSNR, curve and loss, bit for bit
@@ -58,10 +61,13 @@ def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_
     manifest = json.loads((local / "jobs" / "submitted.json").read_text())
     assert sorted(j["cell"] for j in manifest["jobs"]) == ["cman_seed0", "house_seed0", "peppers_seed0"]
     assert len({j["job_id"] for j in manifest["jobs"]}) == 3 and all(Path(j["stderr"]).exists() for j in manifest["jobs"])
-    status = bench("status", str(local))
-    assert status.returncode == 0 and status.stdout.strip().endswith(f"3 done (3 cells in {local})")
-    again = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)
-    assert again.returncode == 0 and "3 of 3 cells already have complete records" in again.stdout + again.stderr
+    capsys.readouterr()
+    assert main(["status", str(local)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"3 done (3 cells in {local})")
+    with torch_threads(1):
+        assert main([*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "3 of 3 cells already have complete records" in captured.out + captured.err
 
 
 FAKE_SBATCH = """#!/bin/sh
@@ -110,16 +116,27 @@ def run_slurm_job(script: Path, job_id: int, env: dict, task: int | None = None)
     subprocess.run(["bash", str(script)], env={**env, **slurm}, check=True, timeout=300, capture_output=True)
 
 
-def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_dir, tmp_path):
+def status_lines(results: Path, capsys) -> list[str]:
+    """``python -m bench status RESULTS``'s lines, run in this process (its exit code is tested elsewhere)."""
+    capsys.readouterr()
+    main(["status", str(results)])
+    return capsys.readouterr().out.splitlines()
+
+
+def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_dir, tmp_path, capsys, monkeypatch):
+    """Submitted from this process with the fake sbatch on PATH (as a subprocess, each submission and
+    status would cost seconds of imports); the jobs run as Slurm would run them, in subprocesses."""
     env, scripts = fake_slurm
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("FAKE_SLURM_DIR", env["FAKE_SLURM_DIR"])
     results = tmp_path / "results"
     command = ["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "3", "--device", "cpu",
                "--data-dir", str(data_dir), "--results-dir", str(results), "--executor", "slurm",
                "--slurm-partition", "gpu", "--slurm-time", "90", "--gpus-per-job", "2",
                "--slurm-param", "account=lab", "--slurm-param", "qos=high"]
-    done = bench(*command, env=env)
-    assert done.returncode == 0, done.stderr
-    assert "submitted 2 jobs (Slurm array 4242, one per cell)" in done.stdout
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "submitted 2 jobs (Slurm array 4242, one per cell)" in capsys.readouterr().out
     script = (scripts / "script0.sh").read_text()
     jobs = results / "jobs"
     for line in ("#SBATCH --partition=gpu", "#SBATCH --time=90", "#SBATCH --gpus-per-node=2", "#SBATCH --account=lab",
@@ -128,21 +145,20 @@ def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_d
         assert line in script.splitlines(), line
     assert f"srun --unbuffered --output {jobs}/%A_%a_%t_log.out" in script
     assert f"{sys.executable} -u -m submitit.core._submit {jobs}" in script
-    assert [line.split()[1] for line in bench("status", str(results)).stdout.splitlines()[:2]] == ["pending", "pending"]
+    assert [line.split()[1] for line in status_lines(results, capsys)[:2]] == ["pending", "pending"]
 
     run_slurm_job(scripts / "script0.sh", 4242, env, task=0)  # house trains
     # cman's task is killed by the scheduler: what slurmstepd writes into the job's error log
     (jobs / "4242_1_0_log.err").write_text("slurmstepd: error: *** JOB 4343 ON node1 CANCELLED AT 2026-11-24T10:00:00 DUE TO TIME LIMIT ***\n")
-    status = bench("status", str(results)).stdout.splitlines()
+    status = status_lines(results, capsys)
     assert status[0].split()[:2] == ["cman_seed0", "failed"] and "DUE TO TIME LIMIT" in status[0] and "4242_1_0_log.err" in status[0]
     assert status[1].split()[:2] == ["house_seed0", "done"]
 
-    again = bench(*command, env=env)  # re-submission: the finished cell is skipped
-    assert again.returncode == 0, again.stderr
-    assert "submitted 1 job (Slurm job 4243, one per cell)" in again.stdout
+    assert main(command) == 0  # re-submission: the finished cell is skipped
+    assert "submitted 1 job (Slurm job 4243, one per cell)" in capsys.readouterr().out
     assert f"#SBATCH --output={jobs}/%j_0_log.out" in (scripts / "script1.sh").read_text()  # one job, no array
     run_slurm_job(scripts / "script1.sh", 4243, env)
-    assert bench("status", str(results)).stdout.strip().endswith(f"2 done (2 cells in {results})")
+    assert status_lines(results, capsys)[-1].strip().endswith(f"2 done (2 cells in {results})")
 
     inline = tmp_path / "inline"
     assert main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "3", "--device", "cpu",

@@ -121,15 +121,15 @@ def test_paper_mask_option_uses_the_published_mask(tmp_path, data_dir):
 
 
 def test_smoke_profile_is_identical_across_two_runs_in_one_process(tmp_path, data_dir):
-    """Determinism does not need the whole budget: two of the smoke images, 40 of its 400 iterations, twice."""
-    short = build_config("smoke", {"run.device": "cpu", "recipe.iterations": 40, "run.images": ("house", "cman")})
+    """Determinism does not need the whole budget: two of the smoke images, 20 of its 400 iterations, twice."""
+    short = build_config("smoke", {"run.device": "cpu", "recipe.iterations": 20, "run.images": ("house", "cman")})
     first = run(short, data_dir, tmp_path / "first", progress=False).records
     second = run(short, data_dir, tmp_path / "second", progress=False).records
     assert [r.image for r in first] == ["house", "cman"]
     for a, b in zip(first, second):
         assert (a.psnr, a.psnr_pasted, a.final_loss) == (b.psnr, b.psnr_pasted, b.final_loss)
-        # measured after 40 steps: +15.9 (House), +6.8 dB (C.man; +6.5 in bf16)
-        assert a.psnr > a.psnr_masked_input + 5
+        # it learns: measured after 20 steps +13.3 (House), +5.3 dB (C.man), fp32 on a 2-core AVX2 EPYC
+        assert a.psnr > a.psnr_masked_input + 3
 
 
 def test_estimate_multiplies_measured_times_by_the_work():

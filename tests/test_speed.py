@@ -153,13 +153,16 @@ class FakeStepperProcess:
     TIMES: dict = {}
     calls: list = []
 
-    def __init__(self, variant, size, device="auto"):
+    def __init__(self, variant, size, device="auto", wait=True):
         self.variant = variant
         self.execution = {"precision": "fp32", "winograd": variant == "fast", "matmul_1x1": False, "keep_heap": False}
 
     def time_steps(self, steps):
         self.calls.append((self.variant, steps))
         return next(self.TIMES[self.variant])
+
+    def stop(self):
+        self.calls.append((self.variant, "stop"))
 
     def __enter__(self):
         return self
@@ -178,7 +181,7 @@ def test_the_ratio_is_the_median_reference_time_over_the_median_fast_time(monkey
     monkeypatch.setattr(bench.isolated, "StepperProcess", FakeStepperProcess)
     m = measure_ratio(64, rounds=3, steps=2, warmup=1, device="cpu")
     assert calls == ([("reference", 1), ("fast", 1)] + [("reference", 2), ("fast", 2)] * 3
-                     + [("fast", "closed"), ("reference", "closed")])
+                     + [("reference", "stop"), ("fast", "stop"), ("fast", "closed"), ("reference", "closed")])
     assert (m.reference_s, m.fast_s, m.rounds, m.steps_per_round) == (2.0, 0.5, 3, 2)
     assert m.ratio == 4.0 and m.authors_s is None and m.fast_vs_authors is None
     assert m.fast_winograd and not m.fast_keep_heap
@@ -204,6 +207,9 @@ def test_a_stepper_that_fails_in_its_process_says_so_in_one_line():
 
     with pytest.raises(BenchError, match=r"^the nope stepper failed in its process: KeyError: 'nope'$"):
         StepperProcess("nope", 32, "cpu")
+    with StepperProcess("nope", 32, "cpu", wait=False) as started:  # started side by side: raises at first use
+        with pytest.raises(BenchError, match=r"^the nope stepper failed in its process: KeyError: 'nope'$"):
+            started.time_steps(1)
 
 
 def test_operator_profile_lists_the_heaviest_operators():

@@ -1,5 +1,8 @@
 """Faults tried for real, on `python -m bench run` in subprocesses: SIGKILL and SIGTERM mid-run, two
-runs into one results directory, a read-only and a full results directory, a damaged data cache.
+runs into one results directory, a read-only and a full results directory, a damaged data cache. The
+run a fault hits is a subprocess; the runs around it (the uninterrupted result, a resume, the data
+cache's runs) are in the test's process, with the subprocesses' thread count: each subprocess costs
+seconds of imports, and CI's time is counted.
 
 One tiny configuration throughout (House, 64x64 crop, 20 iterations, checkpoints every 5): about
 3 s of training per uninterrupted run on a 2-core CPU without fast bf16 (AVX2 EPYC), on top of about
@@ -22,6 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.cli import main
+from bench.regression import torch_threads
 from tests.conftest import REPO_ROOT
 
 ITERATIONS = 20
@@ -34,8 +39,22 @@ CHECKPOINT = Path("checkpoints") / "house_seed0.pt"
 RESULT_FIELDS = ("psnr", "psnr_pasted", "psnr_ema", "psnr_best", "final_loss", "curve", "backtracks", "mask_sha256")
 
 
+def bench_argv(results: Path, data_dir: Path, *extra: str) -> list[str]:
+    return ["run", *TINY, "--data-dir", str(data_dir), "--results-dir", str(results), *extra]
+
+
 def bench_command(results: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bench", "run", *TINY, "--data-dir", str(data_dir), "--results-dir", str(results), *extra]
+    return [sys.executable, "-m", "bench", *bench_argv(results, data_dir, *extra)]
+
+
+def run_here(capsys, results: Path, data_dir: Path, *extra: str, threads: int = 2) -> tuple[int, str, str]:
+    """The run of :func:`bench_command`, in this process with the thread count :func:`start` gives its
+    subprocesses (a result depends on it): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    with torch_threads(threads):
+        code = main(bench_argv(results, data_dir, *extra))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def start(command: list[str], threads: int = 2) -> subprocess.Popen:
@@ -72,14 +91,15 @@ def leftovers(results: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory) -> dict:
-    """The result of the tiny run without any fault: what every recovered run must equal."""
+    """The result of the tiny run without any fault, in a subprocess as the faulted runs are: what every
+    recovered run must equal."""
     results = tmp_path_factory.mktemp("uninterrupted")
     rc, out, err = finish(start(bench_command(results, data_dir)))
     assert rc == 0, err
     return result_of(results)
 
 
-def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_result(uninterrupted, data_dir, tmp_path):
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_result(uninterrupted, data_dir, tmp_path, capsys):
     results = tmp_path / "results"
     process = start(bench_command(results, data_dir))
     wait_for(results / CHECKPOINT, process)
@@ -89,9 +109,9 @@ def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_resul
     assert not (results / RECORD).exists() and leftovers(results) == []  # nothing that looks finished
     assert not list(results.rglob("*.tmp"))  # and no temporary file left behind as a record
 
-    rc, out, err = finish(start(bench_command(results, data_dir)))
+    rc, out, err = run_here(capsys, results, data_dir)
     assert rc == 0, err
-    assert "resuming from its checkpoint at iteration" in out
+    assert "resuming from its checkpoint at iteration" in out + err
     record = json.loads((results / RECORD).read_text())
     assert record["resumed_at"] and 0 < record["resumed_at"][0] < ITERATIONS
     assert result_of(results) == uninterrupted
@@ -115,7 +135,7 @@ def test_sigstop_and_sigcont_pause_a_run_without_harm(uninterrupted, data_dir, t
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninterrupted, data_dir, tmp_path):
+def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninterrupted, data_dir, tmp_path, capsys):
     results = tmp_path / "results"
     process = start(bench_command(results, data_dir))
     wait_for(results / CHECKPOINT, process)  # training is under way
@@ -131,7 +151,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_says_how_to_resume(signum, uninter
     assert saved["state"]["loop"]["next_iteration"] == iteration
     assert not (results / RECORD).exists() and leftovers(results) == []
 
-    rc, out, err = finish(start(bench_command(results, data_dir)))
+    rc, out, err = run_here(capsys, results, data_dir)
     assert rc == 0, err
     record = json.loads((results / RECORD).read_text())
     assert record["resumed_at"] == [iteration]
@@ -216,18 +236,17 @@ def test_an_unusable_results_directory_is_refused_before_training(mount_options,
     assert "PSNR" not in done.stdout  # refused before the first step
 
 
-def test_a_data_cache_file_damaged_after_download_is_fetched_again(data_dir, serve, tmp_path):
+def test_a_data_cache_file_damaged_after_download_is_fetched_again(data_dir, serve, tmp_path, capsys):
     files = [f"house_{kind}.png" for kind in ("GT", "masked", "deep_prior", "papyan")]
     serve({name: (data_dir / name).read_bytes() for name in files})
     cache, results = tmp_path / "cache", tmp_path / "results"
     cache.mkdir()  # empty: every file is downloaded, so dip-bench owns this cache
-    command = bench_command(results, cache, "--iterations", "2")
-    rc, _, err = finish(start(command))
+    rc, _, err = run_here(capsys, results, cache, "--iterations", "2")
     assert rc == 0, err
     assert "downloading house_GT.png" in err  # (the masked input too only under --mask paper)
     truncated = cache / "house_GT.png"
     truncated.write_bytes(truncated.read_bytes()[:500])
-    rc, _, err = finish(start([*command, "--seeds", "1"]))
+    rc, _, err = run_here(capsys, results, cache, "--iterations", "2", "--seeds", "1")
     assert rc == 0, err
     assert "house_GT.png: sha256 does not match the manifest (truncated or altered since download); fetching it again" in err
     assert truncated.read_bytes() == (data_dir / "house_GT.png").read_bytes()

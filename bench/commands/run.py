@@ -20,6 +20,7 @@ from bench.executors.options import ExecutorOptions
 from bench.paths import RUNS_DIR, published_paths, run_name
 from bench.plan import run_fields
 from bench.progress import human_duration
+from bench.provenance import checkout_problem
 from bench.rundir import RunDir
 
 
@@ -68,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or RUNS_DIR / name
     if options.executor == "slurm" and (args.others or args.publish):
         raise BenchError("--with and --publish need the finished records: run `python -m bench report` once the jobs are done")
+    if problem := checkout_problem():  # before training: a record that names no commit is found out too late
+        raise BenchError(problem)
     others = parse_others(args.others)  # read and checked before training: a bad --with fails now, not in an hour
     if others:
         check_others_match(config, others)

@@ -21,15 +21,16 @@ from bench.data import REPO_ROOT
 ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def _run_git(*args: str) -> tuple[str | None, str]:
-    """(git's stdout, None when it failed; the reason it failed, or '')."""
+def _run_git(*args: str) -> tuple[str | None, str | None]:
+    """(git's stdout, None when it did not answer; why git refused, or None when it answered or could not
+    run at all: not installed, not on PATH, timed out)."""
     try:
         out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return None, f"{type(error).__name__}: {error}"
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
     if out.returncode != 0:
         return None, (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
-    return out.stdout.strip(), ""
+    return out.stdout.strip(), None
 
 
 def _git(*args: str) -> str | None:
@@ -41,11 +42,12 @@ def checkout_problem() -> str | None:
 
     A git worktree whose main checkout moved or was re-created keeps its ``.git`` file, but git can no
     longer read it: every record would then say commit None, and a campaign's hours of training would
-    carry no code version. Checked before a run trains, not when its records are written."""
+    carry no code version. Checked before a run trains, not when its records are written. Only a git that
+    runs and refuses counts: without git on PATH the records name no commit, as on any machine without git."""
     if not (REPO_ROOT / ".git").exists() or os.environ.get("DIP_COMMIT", "").strip():
         return None
-    commit, reason = _run_git("rev-parse", "HEAD")
-    if commit is not None:
+    _, reason = _run_git("rev-parse", "HEAD")
+    if reason is None:
         return None
     return (f"{REPO_ROOT} has a .git, but git cannot name its commit ({reason}): every record would name no commit; "
             f"repair the checkout (a worktree whose main checkout moved: use a clone, docs/long-runs.md) or set DIP_COMMIT")

@@ -251,25 +251,40 @@ def test_an_unknown_mutation_is_refused():
         select_mutations(("nope",))
 
 
-def _fingerprint_check(tree, data_dir, work_dir) -> subprocess.CompletedProcess:
+# One mutation per area of the recipe in CI (each a fingerprint check of its own tree); `make power` runs all
+# of them (reports/regression-power.md).
+CI_MUTATIONS = ("gradients-accumulate", "leaky-relu-default-slope", "merge-batchnorm-dropped", "input-noise-drawn-once",
+                "loss-over-observed-pixels", "mask-shared-by-images", "final-output-eval-mode", "psnr-of-8-bit-output")
+
+
+@pytest.fixture(scope="module")
+def fingerprint_checks(tmp_path_factory, data_dir) -> dict[str, dict]:
     """The fingerprint check on House alone (a third of the training; every mutation moves House too:
-    reports/regression-power.md), in a fresh interpreter on the given source tree."""
-    return subprocess.run([sys.executable, "-m", "bench", "check", "--part", "fingerprint", "--images", "house",
-                           "--work-dir", str(work_dir), "--data-dir", str(data_dir)], cwd=tree, capture_output=True,
-                          text=True)
+    reports/regression-power.md) on the unmodified tree and on each CI mutation's, all in one fresh
+    interpreter (tests/fixtures/check_trees.py: each tree's code imported afresh; a fresh interpreter
+    per tree cost about 7 s of imports each on a 2-core AVX2 EPYC). The unmodified tree runs first and
+    last, so that state leaking from a mutated run shows as its last run failing.
+    {name: {"exit", "stdout", "stderr"}}; "unmodified" and "unmodified-after"."""
+    root = tmp_path_factory.mktemp("fingerprint-checks")
+    unmodified = mutated_tree(None, root / "unmodified")
+    jobs = [{"name": "unmodified", "tree": str(unmodified)}]
+    jobs += [{"name": m.name, "tree": str(mutated_tree(m, root / m.name))} for m in MUTATIONS if m.name in CI_MUTATIONS]
+    jobs += [{"name": "unmodified-after", "tree": str(unmodified)}]
+    for job in jobs:
+        job |= {"work_dir": str(root / "work" / job["name"]), "data_dir": str(data_dir)}
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fixtures" / "check_trees.py"), str(root / "jobs.json"),
+                           str(root / "out.json")], cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((root / "out.json").read_text())
 
 
 @pytest.mark.slow
-def test_unmodified_code_passes_the_fingerprint_check(tmp_path, data_dir):
-    done = _fingerprint_check(mutated_tree(None, tmp_path / "tree"), data_dir, tmp_path / "work")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].startswith("OK fingerprint: 78 points of 1 image, 0 outside tolerance")
-
-
-# One mutation per area of the recipe in CI (each costs a fresh interpreter and a training run, about
-# 9 s on a 2-core AVX2 CPU); `make power` runs all of them (reports/regression-power.md).
-CI_MUTATIONS = ("gradients-accumulate", "leaky-relu-default-slope", "merge-batchnorm-dropped", "input-noise-drawn-once",
-                "loss-over-observed-pixels", "mask-shared-by-images", "final-output-eval-mode", "psnr-of-8-bit-output")
+@pytest.mark.parametrize("run", ["unmodified", "unmodified-after"])
+def test_unmodified_code_passes_the_fingerprint_check(run, fingerprint_checks):
+    done = fingerprint_checks[run]
+    assert done["exit"] == 0, done["stdout"] + done["stderr"]
+    assert done["stdout"].splitlines()[-1].startswith("OK fingerprint: 78 points of 1 image, 0 outside tolerance")
 
 
 def test_the_ci_mutations_are_real_mutations():
@@ -278,10 +293,10 @@ def test_the_ci_mutations_are_real_mutations():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mutation", [m for m in MUTATIONS if m.name in CI_MUTATIONS], ids=lambda m: m.name)
-def test_the_fingerprint_check_catches_the_mutation(mutation, tmp_path, data_dir):
-    done = _fingerprint_check(mutated_tree(mutation, tmp_path / "tree"), data_dir, tmp_path / "work")
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1].startswith("FAIL fingerprint")
+def test_the_fingerprint_check_catches_the_mutation(mutation, fingerprint_checks):
+    done = fingerprint_checks[mutation.name]
+    assert done["exit"] == 1, done["stdout"] + done["stderr"]
+    assert done["stdout"].splitlines()[-1].startswith("FAIL fingerprint")
 
 
 def test_a_subset_of_images_applies_to_the_fingerprint_only(tmp_path, data_dir):

@@ -48,10 +48,10 @@ def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_
     subprocess costs seconds of imports, and CI's time is counted)."""
     inline, local = tmp_path / "inline", tmp_path / "local"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # 15 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
+    # 6 of the smoke profile's 400 iterations: bit-identity does not need more, and CI time does (on a
     # CPU without bf16 the fast path runs fp32: this test took 138 s at 100 iterations, 69 s at 30, on a
-    # 2-core AVX2 EPYC).
-    common = ["run", "--profile", "smoke", "--device", "cpu", "--iterations", "15", "--no-progress", "--data-dir", str(data_dir)]
+    # 2-core AVX2 EPYC; most of what is left is the jobs' start-up).
+    common = ["run", "--profile", "smoke", "--device", "cpu", "--iterations", "6", "--no-progress", "--data-dir", str(data_dir)]
     with torch_threads(1):
         assert main([*common, "--results-dir", str(inline)]) == 0
     done = bench(*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2", env=env)

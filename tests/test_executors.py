@@ -41,6 +41,13 @@ def results_of(results: Path) -> dict[str, dict]:
     return {stem: {f: r[f] for f in RESULT_FIELDS} for stem, r in records.items()}
 
 
+def bench_status(results: Path, capsys) -> tuple[int, list[str]]:
+    """``python -m bench status RESULTS`` run in this process: its exit code and its lines."""
+    capsys.readouterr()
+    code = main(["status", str(results)])
+    return code, capsys.readouterr().out.splitlines()
+
+
 def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_results(data_dir, tmp_path, capsys):
     """One thread per process, both ways: the two jobs then share this 2-core machine without
     oversubscribing it (and a result depends on the thread count, so both runs use the same). The jobs
@@ -61,9 +68,8 @@ def test_the_local_executor_runs_the_smoke_profile_in_parallel_jobs_with_inline_
     manifest = json.loads((local / "jobs" / "submitted.json").read_text())
     assert sorted(j["cell"] for j in manifest["jobs"]) == ["cman_seed0", "house_seed0", "peppers_seed0"]
     assert len({j["job_id"] for j in manifest["jobs"]}) == 3 and all(Path(j["stderr"]).exists() for j in manifest["jobs"])
-    capsys.readouterr()
-    assert main(["status", str(local)]) == 0
-    assert capsys.readouterr().out.strip().endswith(f"3 done (3 cells in {local})")
+    code, lines = bench_status(local, capsys)
+    assert code == 0 and lines[-1].strip().endswith(f"3 done (3 cells in {local})")
     with torch_threads(1):
         assert main([*common, "--results-dir", str(local), "--executor", "local", "--jobs", "2"]) == 0
     captured = capsys.readouterr()
@@ -116,13 +122,6 @@ def run_slurm_job(script: Path, job_id: int, env: dict, task: int | None = None)
     subprocess.run(["bash", str(script)], env={**env, **slurm}, check=True, timeout=300, capture_output=True)
 
 
-def status_lines(results: Path, capsys) -> list[str]:
-    """``python -m bench status RESULTS``'s lines, run in this process (its exit code is tested elsewhere)."""
-    capsys.readouterr()
-    main(["status", str(results)])
-    return capsys.readouterr().out.splitlines()
-
-
 def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_dir, tmp_path, capsys, monkeypatch):
     """Submitted from this process with the fake sbatch on PATH (as a subprocess, each submission and
     status would cost seconds of imports); the jobs run as Slurm would run them, in subprocesses."""
@@ -145,12 +144,12 @@ def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_d
         assert line in script.splitlines(), line
     assert f"srun --unbuffered --output {jobs}/%A_%a_%t_log.out" in script
     assert f"{sys.executable} -u -m submitit.core._submit {jobs}" in script
-    assert [line.split()[1] for line in status_lines(results, capsys)[:2]] == ["pending", "pending"]
+    assert [line.split()[1] for line in bench_status(results, capsys)[1][:2]] == ["pending", "pending"]
 
     run_slurm_job(scripts / "script0.sh", 4242, env, task=0)  # house trains
     # cman's task is killed by the scheduler: what slurmstepd writes into the job's error log
     (jobs / "4242_1_0_log.err").write_text("slurmstepd: error: *** JOB 4343 ON node1 CANCELLED AT 2026-11-24T10:00:00 DUE TO TIME LIMIT ***\n")
-    status = status_lines(results, capsys)
+    status = bench_status(results, capsys)[1]
     assert status[0].split()[:2] == ["cman_seed0", "failed"] and "DUE TO TIME LIMIT" in status[0] and "4242_1_0_log.err" in status[0]
     assert status[1].split()[:2] == ["house_seed0", "done"]
 
@@ -158,7 +157,7 @@ def test_slurm_submission_script_and_jobs_run_as_on_a_cluster(fake_slurm, data_d
     assert "submitted 1 job (Slurm job 4243, one per cell)" in capsys.readouterr().out
     assert f"#SBATCH --output={jobs}/%j_0_log.out" in (scripts / "script1.sh").read_text()  # one job, no array
     run_slurm_job(scripts / "script1.sh", 4243, env)
-    assert status_lines(results, capsys)[-1].strip().endswith(f"2 done (2 cells in {results})")
+    assert bench_status(results, capsys)[1][-1].strip().endswith(f"2 done (2 cells in {results})")
 
     inline = tmp_path / "inline"
     assert main(["run", "--profile", "smoke", "--images", "house,cman", "--iterations", "3", "--device", "cpu",

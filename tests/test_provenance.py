@@ -35,9 +35,8 @@ def test_a_checkout_whose_git_cannot_be_read_is_refused_before_training(monkeypa
     assert main(["run", "--profile", "smoke", "--images", "house", "--iterations", "1", "--results-dir", str(results)]) == 2
     assert capsys.readouterr().err == f"error: {problem}\n"
     assert not results.exists()
-    monkeypatch.setenv("PATH", str(tmp_path))  # no git to ask: not a broken checkout (the record names no commit)
-    assert provenance.checkout_problem() is None
-    monkeypatch.undo()
-    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)
     monkeypatch.setenv("DIP_COMMIT", "1ebb1cd96c5c")
+    assert provenance.checkout_problem() is None
+    monkeypatch.delenv("DIP_COMMIT")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to ask: not a broken checkout (the record names no commit)
     assert provenance.checkout_problem() is None

@@ -255,6 +255,7 @@ def test_an_unknown_mutation_is_refused():
 # of them (reports/regression-power.md).
 CI_MUTATIONS = ("gradients-accumulate", "leaky-relu-default-slope", "merge-batchnorm-dropped", "input-noise-drawn-once",
                 "loss-over-observed-pixels", "mask-shared-by-images", "final-output-eval-mode", "psnr-of-8-bit-output")
+CI_MUTATION_LIST = [m for m in MUTATIONS if m.name in CI_MUTATIONS]
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +267,7 @@ def fingerprint_checks(tmp_path_factory, data_dir) -> dict[str, dict]:
     broken copy, or state leaking from a mutated run into the next, shows as its check failing.
     {name: {"exit", "stdout", "stderr"}}."""
     root = tmp_path_factory.mktemp("fingerprint-checks")
-    jobs = [{"name": m.name, "tree": str(mutated_tree(m, root / m.name))} for m in MUTATIONS if m.name in CI_MUTATIONS]
+    jobs = [{"name": m.name, "tree": str(mutated_tree(m, root / m.name))} for m in CI_MUTATION_LIST]
     jobs += [{"name": "unmodified", "tree": str(mutated_tree(None, root / "unmodified"))}]
     for job in jobs:
         job |= {"work_dir": str(root / "work" / job["name"]), "data_dir": str(data_dir)}
@@ -289,7 +290,7 @@ def test_the_ci_mutations_are_real_mutations():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mutation", [m for m in MUTATIONS if m.name in CI_MUTATIONS], ids=lambda m: m.name)
+@pytest.mark.parametrize("mutation", CI_MUTATION_LIST, ids=lambda m: m.name)
 def test_the_fingerprint_check_catches_the_mutation(mutation, fingerprint_checks):
     done = fingerprint_checks[mutation.name]
     assert done["exit"] == 1, done["stdout"] + done["stderr"]
